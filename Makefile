@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs into .venv
+# once (a stamp keyed by pyproject.toml makes the second run install nothing).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALL_KEY := $(shell cat pyproject.toml requirements/cpu-excludes.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(INSTALL_KEY)
+RECIPE ?= recipes/toyworld/imf.yaml
+
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-slow lint toyworld clean-runs
+
+install: $(STAMP)
+
+# torch goes in first and pinned, through pip (the machine's pip config knows where the
+# CPU wheel is; uv does not read it), so that nothing resolves the multi-GB CUDA build.
+$(STAMP): pyproject.toml requirements/cpu-excludes.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/uv pip install -q --python $(BIN)/python --excludes requirements/cpu-excludes.txt -e '.[cpu,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/fusechat3 run $(RECIPE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+toyworld: $(STAMP)
+	$(BIN)/fusechat3 toyworld build
+
+clean-runs:
+	rm -rf runs

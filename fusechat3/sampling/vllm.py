@@ -1,0 +1,148 @@
+"""The "vllm" sampling backend (the default): an in-process `vllm.LLM`.
+
+Each model is prompted with its own chat template (rendered here, passed to vLLM as
+token ids, so that the prompt-length check and the prompt the model sees agree).
+
+Seeding: vLLM on CPU crashes on a per-request `SamplingParams(seed=...)` ("CPU
+Generator does not use offset"), so the seed goes on the engine, `LLM(seed=...)`.
+Sampling is therefore reproducible per engine run: a fresh engine with the same seed,
+fed the same calls in the same order, gives the same samples; a second call on the
+same engine continues the random stream. A `GenParams.seed` different from the
+engine's re-creates the engine with that seed (pass `seed=` to `get_sampler` to avoid
+the reload).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import inspect
+import logging
+import os
+from collections import Counter
+from typing import Any
+
+from fusechat3.sampling.base import (
+    Completion,
+    GenParams,
+    chat_prompt_ids,
+    check_conversation,
+    count_finishes,
+    error_completions,
+    register,
+    repeat_greedy,
+    samples_per_request,
+    split_too_long,
+)
+
+logger = logging.getLogger(__name__)
+
+_FINISH = {"stop": "stop", "length": "length"}  # anything else ("abort", None) is an error
+
+
+def _cpu_defaults(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """On a machine without CUDA, the settings vLLM's CPU build works with; on GPU, vLLM's own."""
+    import torch
+
+    if torch.cuda.is_available():
+        return engine_kwargs
+    # Read by vLLM at import / engine start, so they must be set before `import vllm`.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: close() frees it
+    return {"dtype": "float32", "enforce_eager": True, **engine_kwargs}
+
+
+def _check_engine_kwargs(engine_kwargs: dict[str, Any]) -> None:
+    """An unknown `sampler.engine` key is one line, not a TypeError deep inside vLLM."""
+    from vllm import LLM
+    from vllm.engine.arg_utils import EngineArgs
+
+    allowed = set(inspect.signature(LLM.__init__).parameters) | {f.name for f in dataclasses.fields(EngineArgs)}
+    allowed -= {"self", "kwargs", "model"}
+    unknown = sorted(set(engine_kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"sampler.engine: unknown vLLM option(s) {unknown}; use vllm.LLM / EngineArgs argument names")
+
+
+def _sampling_params(params: GenParams) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=samples_per_request(params),
+        temperature=params.temperature,
+        # Greedy ignores the filters; vLLM wants them neutral then.
+        top_p=1.0 if params.greedy else params.top_p,
+        top_k=0 if params.greedy or params.top_k <= 0 else params.top_k,
+        repetition_penalty=params.repetition_penalty,
+        max_tokens=params.max_tokens,
+        stop=params.stop or None,
+    )
+
+
+@register("vllm")
+class VllmSampler:
+    """`get_sampler("vllm", model, **engine_kwargs)`; engine_kwargs go to `vllm.LLM(...)`."""
+
+    def __init__(self, model: str, **engine_kwargs: Any) -> None:
+        self.model = model
+        self.stats: Counter = Counter()
+        self.engine_kwargs = _cpu_defaults(dict(engine_kwargs))
+        _check_engine_kwargs(self.engine_kwargs)
+        self.seed: int = self.engine_kwargs.pop("seed", 0)
+        self.llm: Any = None
+        self._start()
+
+    def _start(self) -> None:
+        from vllm import LLM
+
+        self.llm = LLM(model=self.model, seed=self.seed, **self.engine_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
+
+    def generate(self, conversations: list[list[dict]], params: GenParams) -> list[list[Completion]]:
+        if self.llm is None:
+            raise RuntimeError(f"vllm sampler for {self.model} was closed; create a new one with get_sampler")
+        for i, conversation in enumerate(conversations):
+            check_conversation(conversation, i)
+        if params.seed != self.seed:
+            logger.warning(
+                "vllm: re-creating the engine for %s with seed %d (vLLM seeds per engine)", self.model, params.seed
+            )
+            self.close()
+            self.seed = params.seed
+            self._start()
+        prompt_ids = [chat_prompt_ids(self.tokenizer, c) for c in conversations]
+        fit = split_too_long(prompt_ids, params.max_tokens, self.max_model_len, self.stats, "vllm")
+        results = [error_completions(params.n) for _ in conversations]
+        if fit:
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": prompt_ids[i]} for i in fit],
+                _sampling_params(params),
+                use_tqdm=True,  # vLLM's bar shows requests/s and token throughput
+            )
+            for i, out in zip(fit, outputs, strict=True):
+                completions = [
+                    Completion(
+                        text=o.text,
+                        finish_reason=_FINISH.get(o.finish_reason, "error"),
+                        num_tokens=len(o.token_ids),
+                    )
+                    for o in sorted(out.outputs, key=lambda o: o.index)
+                ]
+                results[i] = repeat_greedy(completions, params)
+        count_finishes(results, self.stats)
+        return results
+
+    def close(self) -> None:
+        """Free the engine so that another one can be created in this process."""
+        if self.llm is None:
+            return
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        self.tokenizer = None
+        gc.collect()
+        # Tears down the (single-rank) distributed state the engine set up, so the next
+        # engine can initialise it again.
+        cleanup_dist_env_and_memory()

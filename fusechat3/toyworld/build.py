@@ -1,0 +1,337 @@
+"""Build the toy world's models deterministically from a seed: `fusechat3 toyworld build`.
+
+Three source models of different architectures and tokenizers, each a specialist of one
+domain (plus a little of every domain's common family); a weaker target that knows only
+the common families; and a tiny reward model (a real ...ForSequenceClassification) that
+scores instruction responses. The models are small enough (under 1M parameters) to train
+in minutes on 2 CPU cores, and are trained for real: weights with too small a std give
+near-uniform logits, useless for sampling.
+
+A plain training loop, written by hand on purpose: the toy models are trained once, from
+scratch, on generated data, with the loss on the answer tokens only; TRL is what trains
+the target later, in the pipeline itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fusechat3.toyworld import tasks as T
+from fusechat3.toyworld.tokenizers import build_tokenizer
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+@dataclass
+class ModelSpec:
+    """One toy model: architecture, tokenizer, template, and what it is trained on."""
+
+    name: str
+    arch: str  # llama | mistral | qwen2 | gpt2
+    tokenizer: str  # char | bpe | bpe-digits
+    vocab_size: int
+    template: str
+    # domain -> (families or None for all, number of training examples)
+    data: dict[str, tuple[tuple[str, ...] | None, int]]
+    steps: int = 2000
+    lr: float = 3e-3
+    batch_size: int = 48
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4  # head size 32: vLLM on CPU needs >= 32
+    kv_heads: int = 4
+    intermediate: int = 256
+    role: str = "source"  # source | target | reward
+    specialty: list[str] = field(default_factory=list)
+
+
+def _common(n: int) -> dict[str, tuple[tuple[str, ...], int]]:
+    return {d: ((f,), n) for d, f in T.COMMON.items()}
+
+
+SPECS: list[ModelSpec] = [
+    ModelSpec(
+        name="mistral-math",
+        arch="mistral",
+        tokenizer="bpe-digits",
+        vocab_size=400,
+        template="mistral",
+        data={**_common(1500), "math": (None, 40000)},
+        steps=3000,
+        specialty=["math"],
+    ),
+    ModelSpec(
+        name="qwen2-code",
+        arch="qwen2",
+        tokenizer="bpe",
+        vocab_size=1000,
+        template="chatml",
+        data={**_common(1500), "code": (None, 30000), "zh": (None, 10000)},
+        steps=3000,
+        kv_heads=2,
+        specialty=["code", "zh"],
+    ),
+    ModelSpec(
+        name="gpt2-chat",
+        arch="gpt2",
+        tokenizer="char",
+        vocab_size=0,
+        template="plain",
+        data={**_common(1500), "instruction": (None, 40000)},
+        steps=3000,
+        specialty=["instruction"],
+    ),
+    ModelSpec(
+        name="target",
+        arch="llama",
+        tokenizer="bpe-digits",
+        vocab_size=700,
+        template="llama3",
+        data=_common(400),
+        steps=600,
+        kv_heads=2,
+        role="target",
+    ),
+]
+REWARD_SPEC = ModelSpec(
+    name="reward",
+    arch="llama",
+    tokenizer="bpe",
+    vocab_size=600,
+    template="llama3",
+    data={"instruction": (None, 24000)},
+    steps=2000,
+    lr=2e-3,
+    layers=3,
+    kv_heads=2,
+    role="reward",
+)
+
+
+# ---------------------------------------------------------------- models
+
+
+def _config(spec: ModelSpec, tok, num_labels: int | None = None):
+    import transformers as tf
+
+    eos = tok.convert_tokens_to_ids(tok.eos_token)
+    common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=eos, bos_token_id=eos)
+    if spec.arch == "gpt2":
+        cfg = tf.GPT2Config(
+            n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads, n_positions=512, n_inner=spec.intermediate, **common
+        )
+    else:
+        cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[spec.arch]
+        cfg = cls(
+            hidden_size=spec.hidden,
+            intermediate_size=spec.intermediate,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.kv_heads,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            **common,
+        )
+    if num_labels is not None:
+        cfg.num_labels = num_labels
+    return cfg
+
+
+def _new_model(spec: ModelSpec, tok, reward: bool = False):
+    import transformers as tf
+
+    cfg = _config(spec, tok, num_labels=1 if reward else None)
+    if reward:
+        return tf.AutoModelForSequenceClassification.from_config(cfg)
+    return tf.AutoModelForCausalLM.from_config(cfg)
+
+
+def _lr_at(step: int, steps: int, lr: float) -> float:
+    warm = max(1, steps // 20)
+    if step < warm:
+        return lr * (step + 1) / warm
+    progress = (step - warm) / max(1, steps - warm)
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _encode_pair(tok, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """Token ids of the generation prompt and of the response + end-of-turn, apart."""
+    p = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
+    )
+    assert full.startswith(p), "toy chat templates render the prompt as a prefix"
+    return tok(p, add_special_tokens=False)["input_ids"], tok(full[len(p) :], add_special_tokens=False)["input_ids"]
+
+
+def _training_tasks(spec: ModelSpec, seed: int) -> list[T.Task]:
+    out: list[T.Task] = []
+    for domain, (families, n) in sorted(spec.data.items()):
+        out += T.split_tasks(domain, n, "pretrain", seed=seed, families=families)
+    return out
+
+
+def train_lm(spec: ModelSpec, seed: int, log=print):
+    """Train one causal LM of the toy world; returns (model, tokenizer, stats)."""
+    import torch
+
+    torch.manual_seed(seed)
+    tasks = _training_tasks(spec, seed)
+    corpus = [t.prompt + "\n" + t.response for t in tasks] + [
+        t.prompt + "\n" + t.response for d in T.FAMILIES for t in T.split_tasks(d, 300, "pretrain", seed=seed + 1)
+    ]
+    tok = build_tokenizer(spec.tokenizer, spec.vocab_size, spec.template, corpus)
+    model = _new_model(spec, tok)
+    examples = [_encode_pair(tok, t.prompt, t.response) for t in tasks]
+    _fit(model, examples, spec, seed, tok.pad_token_id, log, reward_labels=None)
+    return model, tok
+
+
+def _fit(model, examples, spec: ModelSpec, seed: int, pad_id: int, log, reward_labels=None):
+    """The training loop: AdamW, warmup + cosine, loss on response tokens only
+    (or BCE on the score for the reward model)."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    model.train()
+    t0 = time.time()
+    ema = None
+    for step in range(spec.steps):
+        idx = [rng.randrange(len(examples)) for _ in range(spec.batch_size)]
+        seqs = [examples[i][0] + examples[i][1] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+        for r, (i, s) in enumerate(zip(idx, seqs, strict=True)):
+            ids[r, : len(s)] = torch.tensor(s)
+            mask[r, : len(s)] = 1
+            if reward_labels is None:
+                labels[r, len(examples[i][0]) : len(s)] = torch.tensor(examples[i][1])
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, spec.steps, spec.lr)
+        if reward_labels is None:
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        else:
+            score = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+            target = torch.tensor([reward_labels[i] for i in idx], dtype=torch.float)
+            loss = F.binary_cross_entropy_with_logits(score, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if (step + 1) % 250 == 0 or step + 1 == spec.steps:
+            log(f"  {spec.name}: step {step + 1}/{spec.steps} loss {ema:.4f} ({time.time() - t0:.0f}s)")
+    model.eval()
+
+
+# ---------------------------------------------------------------- reward model
+
+
+def reward_examples(n: int, seed: int) -> list[tuple[str, str, float]]:
+    """(prompt, response, label) for the toy reward model: the exact answer is 1, near
+    misses and wrong formats are 0. The corruptions look like what a weak model writes."""
+    rng = random.Random(f"reward:{seed}")
+    out: list[tuple[str, str, float]] = []
+    others = [t.response for d in ("math", "code", "zh") for t in T.split_tasks(d, 200, "pretrain", seed=seed + 7)]
+    for t in T.split_tasks("instruction", n, "pretrain", seed=seed + 11):
+        words, times = t.meta["words"], t.meta["times"]
+        good = t.response
+        out.append((t.prompt, good, 1.0))
+        bad = rng.choice(["family", "drop", "swap", "replace", "copy", "other", "extra", "cut"])
+        if bad == "family":
+            fam = rng.choice([f for f in T.INSTRUCTION_FAMILIES if f != t.family])
+            resp = T.instruction_answer(fam, words, times)
+        elif bad == "drop" and len(good.split()) > 1:
+            parts = good.split()
+            parts.pop(rng.randrange(len(parts)))
+            resp = " ".join(parts)
+        elif bad == "swap" and len(good.split()) > 1:
+            parts = good.split()
+            i, j = rng.sample(range(len(parts)), 2)
+            parts[i], parts[j] = parts[j], parts[i]
+            resp = " ".join(parts)
+        elif bad == "replace":
+            parts = good.split() or [good]
+            parts[rng.randrange(len(parts))] = rng.choice(T.WORDS)
+            resp = " ".join(parts)
+        elif bad == "copy":
+            resp = " ".join(words)
+        elif bad == "extra":
+            resp = good + " " + rng.choice(T.WORDS)
+        elif bad == "cut":
+            resp = good[: max(1, len(good) // 2)]
+        else:
+            resp = rng.choice(others)
+        if resp != good:
+            out.append((t.prompt, resp, 0.0))
+    return out
+
+
+def train_reward(spec: ModelSpec, seed: int, log=print):
+    import torch
+
+    torch.manual_seed(seed)
+    (_, n) = spec.data["instruction"]
+    data = reward_examples(n, seed)
+    tok = build_tokenizer(spec.tokenizer, spec.vocab_size, spec.template, [p + "\n" + r for p, r, _ in data])
+    model = _new_model(spec, tok, reward=True)
+    examples, labels = [], []
+    for p, r, y in data:
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+        )
+        examples.append((tok(text, add_special_tokens=False)["input_ids"], []))
+        labels.append(y)
+    _fit(model, examples, spec, seed, tok.pad_token_id, log, reward_labels=labels)
+    return model, tok
+
+
+# ---------------------------------------------------------------- build all
+
+
+def _save(model, tok, spec: ModelSpec, out: Path, seed: int, seconds: float) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    model.generation_config.eos_token_id = model.config.eos_token_id
+    model.generation_config.pad_token_id = model.config.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    card = {
+        "name": spec.name,
+        "role": spec.role,
+        "specialty": spec.specialty,
+        "seed": seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(seconds, 1),
+        "spec": asdict(spec),
+    }
+    (out / "toyworld.json").write_text(json.dumps(card, indent=1))
+
+
+def build(out_dir: Path | None = None, seed: int = 0, only: list[str] | None = None, log=print) -> Path:
+    """Train every toy model (or those in `only`) and save them under `out_dir`."""
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out_dir = Path(out_dir or ASSETS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_all = time.time()
+    for spec in [*SPECS, REWARD_SPEC]:
+        if only and spec.name not in only:
+            continue
+        t0 = time.time()
+        log(f"toyworld: training {spec.name} ({spec.arch}, {spec.tokenizer} tokenizer, {spec.steps} steps)")
+        model, tok = train_reward(spec, seed) if spec.role == "reward" else train_lm(spec, seed, log)
+        _save(model, tok, spec, out_dir / spec.name, seed, time.time() - t0)
+    log(f"toyworld: built in {time.time() - t_all:.0f}s -> {out_dir}")
+    return out_dir

@@ -1,0 +1,158 @@
+"""Preference training of the SFT'd target on the built pairs, with TRL's DPOTrainer.
+
+FuseChat-3.0 trains the Llama targets with length-normalized DPO, which TRL has as
+`loss_type: [sigmoid_norm]`: loss = -log σ(β/|y_w|·log(πθ/πref)(y_w|x) − β/|y_l|·log(πθ/πref)(y_l|x)).
+The rows are already TRL's conversational preference form (`prompt`, `chosen`, `rejected`);
+only those columns are read. Without `ref_model` the reference is the starting model
+(with `precompute_ref_log_probs: true` its log-probs are computed once, before training).
+
+On a cluster:
+
+    accelerate launch --config_file recipes/accelerate/zero3.yaml -m fusechat3.training.dpo \\
+        --config recipes/fusechat3/llama-3.1-8b/dpo.yaml [--set dpo.beta=5 ...]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from fusechat3.recipe import resolve_model
+from fusechat3.training.common import (
+    build_trl_config,
+    check_trl_args,
+    checked_files,
+    clean_messages,
+    convert_rows,
+    load_named_dataset,
+    load_parquet,
+    load_run_config,
+    load_tokenizer,
+    message_problem,
+    parse_cli,
+    report_trl_drops,
+    run_cli,
+    save_final,
+)
+
+DPO_COLUMNS = ("prompt", "chosen", "rejected")  # TRL's columns of a DPO row; the analysis columns are not read
+
+
+def dpo_config(args: dict, output_dir: str) -> Any:
+    """A `trl.DPOConfig` from the recipe's `dpo:` fields; a RecipeError naming a bad key and the closest valid one."""
+    from trl import DPOConfig
+
+    check_trl_args(args, DPOConfig, "dpo")
+    return build_trl_config(DPOConfig, args, output_dir, "dpo")
+
+
+def pair_problem(row: dict) -> str:
+    """Why a preference row cannot be trained on ('' if it can)."""
+    for column in DPO_COLUMNS:
+        if reason := message_problem(row[column], column):
+            return reason
+    for side in ("chosen", "rejected"):
+        if row[side][-1]["role"] != "assistant":
+            return f"{side} does not end with an assistant message"
+        if not row[side][-1]["content"].strip():
+            return f"empty {side} response"
+    if clean_messages(row["chosen"]) == clean_messages(row["rejected"]):
+        return "chosen equals rejected (no preference to learn)"
+    return ""
+
+
+def dpo_row(row: dict) -> dict:
+    """One preference row with only role/content messages, and `skip` = why it cannot be trained on ('')."""
+    if reason := pair_problem(row):
+        return {"prompt": [], "chosen": [], "rejected": [], "skip": reason}
+    return {column: clean_messages(row[column]) for column in DPO_COLUMNS} | {"skip": ""}
+
+
+def load_ref_model(path: str, config: Any) -> Any:
+    """The reference model at `path`, loaded the way TRL loads the policy (same `model_init_kwargs`)."""
+    from trl.trainer.utils import create_model_from_path
+
+    kwargs = dict(config.model_init_kwargs) if isinstance(config.model_init_kwargs, dict) else {}
+    kwargs.setdefault("trust_remote_code", config.trust_remote_code)
+    # As TRL does for the policy: under DDP / DeepSpeed each process holds the model, no device map.
+    if config.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+        kwargs["device_map"] = None
+    return create_model_from_path(path, **kwargs)
+
+
+def build_dpo_trainer(
+    model: str, train_dataset: Any, config: Any, *, ref_model: str | None = None, eval_dataset: Any | None = None
+) -> Any:
+    """A ready `trl.DPOTrainer` on datasets with `prompt`/`chosen`/`rejected` columns (rows checked first)."""
+    from trl import DPOTrainer
+
+    tokenizer = load_tokenizer(model, config)  # first: a wrong model path fails before any data work
+    train = convert_rows(train_dataset, dpo_row, DPO_COLUMNS, "dpo train")
+    evals = convert_rows(eval_dataset, dpo_row, DPO_COLUMNS, "dpo eval") if eval_dataset is not None else None
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=load_ref_model(ref_model, config) if ref_model else None,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evals,
+        processing_class=tokenizer,
+    )
+    report_trl_drops("dpo train", len(train), trainer)
+    return trainer
+
+
+def run_dpo(
+    model: str, train_dataset: Any, config: Any, *, ref_model: str | None = None, eval_dataset: Any | None = None
+) -> str:
+    """Train with a built `DPOConfig` on loaded datasets and save the model + tokenizer to `config.output_dir`."""
+    trainer = build_dpo_trainer(model, train_dataset, config, ref_model=ref_model, eval_dataset=eval_dataset)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    return save_final(trainer, config.output_dir)
+
+
+def train_dpo(
+    model: str,
+    train_files: list[str],
+    output_dir: str,
+    args: dict,
+    *,
+    ref_model: str | None = None,
+    eval_files: list[str] | None = None,
+) -> str:
+    """DPO `model` on parquet preference rows with TRL `DPOConfig` fields `args`; returns `output_dir`."""
+    model = resolve_model(model)
+    ref_model = resolve_model(ref_model) if ref_model else None
+    # Cheap checks first, so that a typo costs no model or dataset loading.
+    config = dpo_config(args, output_dir)
+    train_paths = checked_files(train_files, DPO_COLUMNS, "train_files", "DPO")
+    eval_paths = checked_files(eval_files, DPO_COLUMNS, "eval_files", "DPO") if eval_files else None
+    with config.main_process_first(desc="loading DPO data"):
+        train = load_parquet(train_paths, DPO_COLUMNS)
+        evals = load_parquet(eval_paths, DPO_COLUMNS) if eval_paths else None
+    return run_dpo(model, train, config, ref_model=ref_model, eval_dataset=evals)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m fusechat3.training.dpo --config FILE [--set key=value ...]`."""
+    ns = parse_cli(argv, "python -m fusechat3.training.dpo", "DPO of a target model with TRL (FuseChat-3.0).")
+
+    def run() -> str:
+        from trl import DPOConfig
+
+        rc = load_run_config(ns.config, "dpo", DPOConfig, ns.overrides, extra_keys=("ref_model",))
+        if rc.train_files is not None:
+            return train_dpo(
+                rc.model, rc.train_files, rc.output_dir, rc.args, ref_model=rc.ref_model, eval_files=rc.eval_files
+            )
+        config = dpo_config(rc.args, rc.output_dir)
+        with config.main_process_first(desc="loading DPO data"):
+            train = load_named_dataset(rc.dataset, rc.split, DPO_COLUMNS, "DPO")
+            evals = load_named_dataset(rc.dataset, rc.eval_split, DPO_COLUMNS, "DPO") if rc.eval_split else None
+        return run_dpo(rc.model, train, config, ref_model=rc.ref_model, eval_dataset=evals)
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Supervised fine-tuning of the target on the selected best responses, with TRL's SFTTrainer.
+
+Each SFT row `{"messages": [..., {"role": "assistant", ...}]}` becomes TRL's conversational
+prompt-completion form (prompt = every message but the last, completion = the last), so TRL
+masks the prompt and the loss falls on the response only with any chat template, also
+templates without `{% generation %}` markers such as Llama-3.1's.
+
+On a cluster:
+
+    accelerate launch --config_file recipes/accelerate/zero3.yaml -m fusechat3.training.sft \\
+        --config recipes/fusechat3/llama-3.1-8b/sft.yaml [--set sft.learning_rate=2e-6 ...]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from fusechat3.recipe import resolve_model
+from fusechat3.training.common import (
+    build_trl_config,
+    check_trl_args,
+    checked_files,
+    clean_messages,
+    convert_rows,
+    load_named_dataset,
+    load_parquet,
+    load_run_config,
+    load_tokenizer,
+    message_problem,
+    parse_cli,
+    report_trl_drops,
+    run_cli,
+    save_final,
+)
+
+SFT_COLUMNS = ("messages",)  # the TRL column of an SFT row; the analysis columns are not read
+_TRL_COLUMNS = ("prompt", "completion")
+
+
+def sft_config(args: dict, output_dir: str) -> Any:
+    """A `trl.SFTConfig` from the recipe's `sft:` fields; a RecipeError naming a bad key and the closest valid one."""
+    from trl import SFTConfig
+
+    check_trl_args(args, SFTConfig, "sft")
+    return build_trl_config(SFTConfig, args, output_dir, "sft")
+
+
+def conversation_problem(messages: Any) -> str:
+    """Why an SFT conversation cannot be trained on ('' if it can)."""
+    if reason := message_problem(messages, "messages"):
+        return reason
+    if messages[-1]["role"] != "assistant":
+        return "last message is not the assistant's"
+    if len(messages) < 2:
+        return "no prompt before the response"
+    if not messages[-1]["content"].strip():
+        return "empty response"
+    return ""
+
+
+def sft_row(row: dict) -> dict:
+    """One SFT row in TRL's prompt-completion form, with `skip` = why it cannot be trained on ('' if it can)."""
+    if reason := conversation_problem(row["messages"]):
+        return {"prompt": [], "completion": [], "skip": reason}
+    messages = clean_messages(row["messages"])
+    return {"prompt": messages[:-1], "completion": messages[-1:], "skip": ""}
+
+
+def build_sft_trainer(model: str, train_dataset: Any, config: Any, eval_dataset: Any | None = None) -> Any:
+    """A ready `trl.SFTTrainer` on datasets that have a `messages` column (rows are checked and converted)."""
+    from trl import SFTTrainer
+
+    tokenizer = load_tokenizer(model, config)  # first: a wrong model path fails before any data work
+    train = convert_rows(train_dataset, sft_row, _TRL_COLUMNS, "sft train")
+    evals = convert_rows(eval_dataset, sft_row, _TRL_COLUMNS, "sft eval") if eval_dataset is not None else None
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evals,
+        processing_class=tokenizer,
+    )
+    report_trl_drops("sft train", len(train), trainer, packing=config.packing)
+    return trainer
+
+
+def run_sft(model: str, train_dataset: Any, config: Any, eval_dataset: Any | None = None) -> str:
+    """Train with a built `SFTConfig` on loaded datasets and save the model + tokenizer to `config.output_dir`."""
+    trainer = build_sft_trainer(model, train_dataset, config, eval_dataset)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    return save_final(trainer, config.output_dir)
+
+
+def train_sft(
+    model: str, train_files: list[str], output_dir: str, args: dict, *, eval_files: list[str] | None = None
+) -> str:
+    """SFT `model` on parquet SFT rows with TRL `SFTConfig` fields `args`; returns `output_dir`, where it is saved."""
+    model = resolve_model(model)
+    # Cheap checks first, so that a typo costs no model or dataset loading.
+    config = sft_config(args, output_dir)
+    train_paths = checked_files(train_files, SFT_COLUMNS, "train_files", "SFT")
+    eval_paths = checked_files(eval_files, SFT_COLUMNS, "eval_files", "SFT") if eval_files else None
+    with config.main_process_first(desc="loading SFT data"):
+        train = load_parquet(train_paths, SFT_COLUMNS)
+        evals = load_parquet(eval_paths, SFT_COLUMNS) if eval_paths else None
+    return run_sft(model, train, config, evals)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m fusechat3.training.sft --config FILE [--set key=value ...]`."""
+    ns = parse_cli(argv, "python -m fusechat3.training.sft", "SFT of a target model with TRL (FuseChat-3.0).")
+
+    def run() -> str:
+        from trl import SFTConfig
+
+        rc = load_run_config(ns.config, "sft", SFTConfig, ns.overrides)
+        if rc.train_files is not None:
+            return train_sft(rc.model, rc.train_files, rc.output_dir, rc.args, eval_files=rc.eval_files)
+        config = sft_config(rc.args, rc.output_dir)
+        with config.main_process_first(desc="loading SFT data"):
+            train = load_named_dataset(rc.dataset, rc.split, SFT_COLUMNS, "SFT")
+            evals = load_named_dataset(rc.dataset, rc.eval_split, SFT_COLUMNS, "SFT") if rc.eval_split else None
+        return run_sft(rc.model, train, config, evals)
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Tests of the sampling backends on a tiny real Llama: vLLM on CPU and transformers.
+
+The vLLM import and engine start are the slow part (~20 s), so every vLLM test shares
+one module-scoped engine; the test that creates engines in sequence runs last and
+closes it first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fusechat3.sampling import GenParams, get_sampler
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPTS = [
+    "hello world",
+    "add 12 and 30",
+    "the quick brown fox",
+    "def f(x)",
+    "how are you",
+    "over the lazy dog",
+    "x",
+    "fox jumps",
+]
+CONVERSATIONS = [[{"role": "user", "content": p}] for p in PROMPTS]
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+MAX_LEN = 128  # max_position_embeddings of the tiny model = vLLM's max_model_len
+SAMPLED = GenParams(n=3, temperature=0.8, top_p=0.95, max_tokens=16)
+GREEDY = GenParams(n=2, temperature=0, max_tokens=24)
+
+
+def build_tiny_llama(path: str) -> None:
+    """A byte-level BPE tokenizer with a chat template and a random 2-layer Llama (head size 32)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([p + " over the lazy dog, 12 + 30 = 42" for p in PROMPTS] * 10, trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    hf_tok.chat_template = TEMPLATE
+    hf_tok.save_pretrained(path)
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(hf_tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=MAX_LEN,
+        initializer_range=0.2,  # std 0.2: peaked, not near-uniform, next-token distributions
+        bos_token_id=hf_tok.bos_token_id,
+        eos_token_id=hf_tok.eos_token_id,
+        pad_token_id=hf_tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        # Make EOS likelier so that some replies end on it and others run to max_tokens.
+        model.lm_head.weight[hf_tok.eos_token_id] *= 1.5
+    model.save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = str(tmp_path_factory.mktemp("tiny_llama"))
+    build_tiny_llama(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vllm_run(tiny_model: str):
+    """One vLLM engine for the module, and the first sampled call it answered (for the seeding test)."""
+    sampler = get_sampler("vllm", tiny_model, seed=0)
+    first = sampler.generate(CONVERSATIONS[:4], SAMPLED)
+    yield sampler, first
+    sampler.close()
+
+
+@pytest.fixture(scope="module")
+def hf_sampler(tiny_model: str):
+    sampler = get_sampler("hf", tiny_model, batch_size=3)
+    yield sampler
+    sampler.close()
+
+
+def long_conversation() -> list[dict]:
+    return [{"role": "user", "content": "the quick brown fox " * 40}]
+
+
+def check_shape(results, n: int, max_tokens: int, count: int) -> None:
+    assert len(results) == count
+    for completions in results:
+        assert len(completions) == n
+        for c in completions:
+            assert c.finish_reason in ("stop", "length")
+            assert 1 <= c.num_tokens <= max_tokens
+            if c.finish_reason == "length":
+                assert c.num_tokens == max_tokens
+
+
+# --- no model needed ---------------------------------------------------------------
+
+
+def test_unknown_backend_names_the_registered_ones() -> None:
+    with pytest.raises(ValueError, match=r"'nope' is not registered; choose one of \['hf', 'vllm'\]"):
+        get_sampler("nope", "some/model")
+
+
+def test_genparams_from_dict_errors() -> None:
+    assert GenParams.from_dict({"n": 5, "temperature": 0.7, "stop": ["\n\n"]}).n == 5
+    with pytest.raises(ValueError, match=r"sources\.qwen\.sampling: unknown key\(s\) \['top_q'\]"):
+        GenParams.from_dict({"top_q": 0.9}, where="sources.qwen.sampling")
+    with pytest.raises(ValueError, match=r"sampling: n must be an integer >= 1.*top_p must be in"):
+        GenParams.from_dict({"n": 0, "top_p": 1.5})
+    with pytest.raises(ValueError, match="stop must be a list"):
+        GenParams(stop="\n")  # a bare string would be split into characters
+
+
+def test_import_is_light() -> None:
+    code = "import sys, fusechat3.sampling; print(sorted(m for m in ('torch', 'vllm', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --- transformers backend ---------------------------------------------------------
+
+
+def test_hf_sampling_is_seeded(hf_sampler) -> None:
+    first = hf_sampler.generate(CONVERSATIONS[:2], SAMPLED)
+    check_shape(first, 3, 16, 2)
+    assert any(len({c.text for c in cs}) > 1 for cs in first), "n samples of a prompt should differ"
+    assert hf_sampler.generate(CONVERSATIONS[:2], SAMPLED) == first  # same seed, same samples
+    other = hf_sampler.generate(CONVERSATIONS[:2], GenParams(n=3, temperature=0.8, max_tokens=16, seed=1))
+    assert other != first
+
+
+def test_hf_too_long_prompt_and_bad_option(hf_sampler, tiny_model: str) -> None:
+    results = hf_sampler.generate([long_conversation(), *CONVERSATIONS[:2]], GREEDY)
+    assert [c.finish_reason for c in results[0]] == ["error", "error"]
+    assert all(c.finish_reason != "error" for cs in results[1:] for c in cs)
+    assert hf_sampler.stats["prompt_too_long"] == 1
+    with pytest.raises(ValueError, match=r"unknown hf option\(s\) \['tensor_parallel_size'\]"):
+        get_sampler("hf", tiny_model, tensor_parallel_size=2)
+
+
+def test_conversation_must_end_with_user(hf_sampler) -> None:
+    bad = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    with pytest.raises(ValueError, match="conversation 1: the last message must be the user's, got 'assistant'"):
+        hf_sampler.generate([CONVERSATIONS[0], bad], GREEDY)
+
+
+# --- vLLM backend -----------------------------------------------------------------
+
+
+def test_vllm_n_completions_per_prompt(vllm_run) -> None:
+    sampler, first = vllm_run
+    check_shape(first, 3, 16, 4)
+    assert any(len({c.text for c in cs}) > 1 for cs in first), "n samples of a prompt should differ"
+    assert sampler.stats["requests"] >= 4
+
+
+def test_vllm_greedy_is_repeatable(vllm_run) -> None:
+    sampler, _ = vllm_run
+    a = sampler.generate(CONVERSATIONS, GREEDY)
+    check_shape(a, 2, 24, len(PROMPTS))
+    assert all(cs[0] == cs[1] for cs in a)
+    assert sampler.generate(CONVERSATIONS, GREEDY) == a
+
+
+def test_vllm_too_long_prompt_does_not_fail_the_batch(vllm_run, caplog) -> None:
+    sampler, _ = vllm_run
+    before = sampler.stats["prompt_too_long"]
+    # ~100 prompt tokens fit in 128 alone, but not with max_tokens=40: an error as well.
+    fits_alone = [{"role": "user", "content": "x" * 100}]
+    params = GenParams(n=2, temperature=0, max_tokens=40)
+    with caplog.at_level(logging.WARNING):
+        results = sampler.generate([CONVERSATIONS[0], long_conversation(), fits_alone, CONVERSATIONS[1]], params)
+    assert [c.finish_reason for c in results[1]] == ["error", "error"]
+    assert [c.text for c in results[1]] == ["", ""]
+    assert [c.finish_reason for c in results[2]] == ["error", "error"]
+    assert sampler.stats["prompt_too_long"] - before == 2
+    assert "vllm: 2 prompt(s) longer than max_model_len 128 minus max_tokens 40" in caplog.text
+    assert [results[0], results[3]] == sampler.generate(CONVERSATIONS[:2], params)
+
+
+def test_hf_greedy_equals_vllm_greedy(vllm_run, hf_sampler) -> None:
+    sampler, _ = vllm_run
+    from_vllm = sampler.generate(CONVERSATIONS, GREEDY)
+    from_hf = hf_sampler.generate(CONVERSATIONS, GREEDY)
+    # Both ends are exercised: some replies stop on EOS, others run to max_tokens.
+    assert {cs[0].finish_reason for cs in from_hf} == {"stop", "length"}
+    assert from_hf == from_vllm
+
+
+def test_stop_strings_agree(vllm_run, hf_sampler) -> None:
+    sampler, _ = vllm_run
+    full = sampler.generate(CONVERSATIONS[:1], GenParams(temperature=0, max_tokens=24))[0][0]
+    assert len(full.text) >= 6
+    stop = full.text[3:5]
+    params = GenParams(temperature=0, max_tokens=24, stop=[stop])
+    from_vllm = sampler.generate(CONVERSATIONS[:1], params)[0][0]
+    from_hf = hf_sampler.generate(CONVERSATIONS[:1], params)[0][0]
+    assert from_vllm.finish_reason == "stop"
+    assert from_vllm.text == full.text[: full.text.find(stop)]
+    assert from_vllm.num_tokens < full.num_tokens
+    assert from_hf == from_vllm
+
+
+def test_vllm_engines_in_sequence_and_seeding(vllm_run, tiny_model: str) -> None:
+    """Runs last: closes the module engine, then a fresh engine with the same seed gives the
+    same first samples (reproducible per engine run), and another seed re-creates the engine."""
+    sampler, first = vllm_run
+    sampler.close()
+    with pytest.raises(ValueError, match=r"unknown vLLM option\(s\) \['not_an_option'\]"):
+        get_sampler("vllm", tiny_model, not_an_option=1)
+    second = get_sampler("vllm", tiny_model, seed=0)
+    try:
+        assert second.generate(CONVERSATIONS[:4], SAMPLED) == first
+        reseeded = second.generate(CONVERSATIONS[:4], GenParams(n=3, temperature=0.8, max_tokens=16, seed=7))
+        assert second.seed == 7
+        check_shape(reseeded, 3, 16, 4)
+        assert reseeded != first
+    finally:
+        second.close()

@@ -1,0 +1,320 @@
+"""Tests for fusechat3.scoring.code: code extraction and the real subprocess sandbox."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fusechat3.scoring import code as sandbox
+from fusechat3.scoring.code import FILE_SIZE_LIMIT, extract_code, run_tests, run_tests_many
+
+ADD = "def add(a, b):\n    return a + b\n"
+ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# extract_code
+
+
+def test_extract_code_prefers_last_python_block() -> None:
+    text = "First try:\n```python\ndef f():\n    return 1\n```\nBetter:\n```py\ndef f():\n    return 2\n```\nDone."
+    assert extract_code(text) == "def f():\n    return 2\n"
+
+
+def test_extract_code_python_block_over_untagged_and_other_languages() -> None:
+    text = "```python\ndef f():\n    return 1\n```\nRun it with:\n```bash\npython f.py\n```\n```\nf()\n```"
+    assert extract_code(text) == "def f():\n    return 1\n"
+
+
+def test_extract_code_untagged_block_indented_fence_and_unclosed_fence() -> None:
+    assert extract_code("Here:\n```\ndef g(x):\n    return x\n```") == "def g(x):\n    return x\n"
+    assert (
+        extract_code("1. Code:\n   ```python\n   def g(x):\n       return x\n   ```\n") == "def g(x):\n    return x\n"
+    )
+    assert extract_code("```python\ndef g(x):\n    return x\n") == "def g(x):\n    return x\n"
+
+
+def test_extract_code_whole_text_or_none() -> None:
+    assert extract_code(ADD) == ADD
+    assert extract_code("x = 1\nprint(x)\n") is None  # Python, but no function
+    assert extract_code("The answer is to use a loop.") is None
+    assert extract_code("```cpp\nint f() { return 1; }\n```") is None
+    assert extract_code("") is None
+    assert extract_code(None) is None  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Verdicts
+
+
+@pytest.mark.parametrize(
+    ("code", "tests", "expected"),
+    [
+        (ADD, ADD_TESTS, (True, "passed")),
+        ("def add(a, b):\n    return a - b\n", ADD_TESTS, (False, "test_failed")),
+        ("def add(a, b)\n    return a + b\n", ADD_TESTS, (False, "syntax_error")),
+        ("", ADD_TESTS, (False, "no_code")),
+        (None, ADD_TESTS, (False, "no_code")),
+        # Demo code under `if __name__ == "__main__":` does not run (it would wait for input here).
+        (ADD + "if __name__ == '__main__':\n    input()\n", ADD_TESTS, (True, "passed")),
+        ("input()\n" + ADD, ADD_TESTS, (False, "runtime_error")),
+        (ADD, ["assert add(1, 2) ==="], (False, "bad_tests")),
+        (ADD, [], (False, "bad_tests")),
+        ("def add(a, b):\n    return undefined_name\n", ADD_TESTS, (False, "runtime_error")),
+        # An assert in the program itself is the program's error, not a failed test.
+        ("assert False, 'module level'\n" + ADD, ADD_TESTS, (False, "runtime_error")),
+        # Leaving early must not count as passing: the verdict comes from the harness, not the exit code.
+        ("import sys\nsys.exit(0)\n" + ADD, ADD_TESTS, (False, "runtime_error")),
+        ("import os\nos._exit(0)\n" + ADD, ADD_TESTS, (False, "runtime_error")),
+        # A fake verdict line on the verdict pipe is ignored: it lacks the per-run token.
+        (
+            "import os, sys\nos.write(int(sys.argv[1]), b'0 passed\\npassed\\n')\n" + ADD,
+            ["assert 0"],
+            (False, "test_failed"),
+        ),
+    ],
+)
+def test_verdicts(code: str, tests: list[str], expected: tuple[bool, str]) -> None:
+    assert run_tests(code, tests, timeout_s=10) == expected
+
+
+def test_program_and_tests_share_a_real_module() -> None:
+    code = "from dataclasses import dataclass\n@dataclass\nclass P:\n    x: int\n"
+    tests = ["assert P(1) == P(1)", "import sys\nassert sys.modules['solution'].P is P"]
+    assert run_tests(code, tests) == (True, "passed")
+
+
+def test_memory_bomb() -> None:
+    assert run_tests("x = bytearray(8 * 1024**3)\n", ["assert True"], memory_mb=256) == (False, "memory_error")
+    slow_bomb = "chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))\n"
+    assert run_tests(slow_bomb, ["assert True"], memory_mb=256) == (False, "memory_error")
+
+
+def test_huge_file_is_cut_at_the_limit_and_the_work_dir_is_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def recording_mkdtemp(*args, **kwargs):
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
+    writer = textwrap.dedent(
+        """
+        import errno, os
+        def write_big():
+            try:
+                with open("big", "wb") as f:
+                    while True:
+                        f.write(b"x" * 2**20)
+            except OSError as e:
+                return e.errno, os.path.getsize("big")
+        """
+    )
+    start = time.monotonic()
+    assert run_tests(writer, [f"assert write_big() == (errno.EFBIG, {FILE_SIZE_LIMIT})"]) == (True, "passed")
+    assert run_tests(writer.replace("except OSError", "except ZeroDivisionError"), ["write_big()"]) == (
+        False,
+        "runtime_error",
+    )
+    assert time.monotonic() - start < 8  # stopped by the limit, not by the 10 s timeout
+    assert len(made) == 2 and not any(os.path.exists(path) for path in made)
+
+
+def test_environment_is_not_inherited(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_secret_for_the_test")
+    check = "import os\nassert 'HF_TOKEN' not in os.environ and os.environ['PATH']"
+    assert run_tests(ADD, [check]) == (True, "passed")
+    # The opposite assertion fails, so the check above can fail.
+    assert run_tests(ADD, ["import os\nassert 'HF_TOKEN' in os.environ"]) == (False, "test_failed")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timeouts and leftover processes
+
+
+def _sleepers(marker: str) -> list[int]:
+    """Live processes whose command line is `sleep <marker>`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if len(cmdline) >= 2 and cmdline[0].endswith(b"sleep") and cmdline[1] == marker.encode():
+                found.append(int(entry))
+    return found
+
+
+def _gone_soon(marker: str, within_s: float = 5.0) -> bool:
+    # SIGKILL is delivered asynchronously: give the kernel a moment.
+    deadline = time.monotonic() + within_s
+    while _sleepers(marker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _marker() -> str:
+    return f"{random.randint(10_000, 99_999)}.{random.randint(100_000, 999_999)}"
+
+
+def _forking_program(marker: str, after_fork: str, setsid: bool = False) -> str:
+    """A program that forks a child which becomes `sleep <marker>` (after leaving the group if setsid)."""
+    child = ["os.setsid()"] if setsid else []
+    child.append(f'os.execvp("sleep", ["sleep", "{marker}"])')
+    body = "\n".join("    " + line for line in child)
+    return f"import os\nif os.fork() == 0:\n{body}\n{after_fork}\n"
+
+
+@pytest.fixture(scope="module")
+def sleep_detector_works() -> None:
+    """The detector finds a real sleeper: so an empty result below means the sandbox killed it."""
+    marker = _marker()
+    proc = subprocess.Popen(["sleep", marker])
+    try:
+        deadline = time.monotonic() + 5
+        while not _sleepers(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _sleepers(marker) == [proc.pid]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_infinite_loop_is_killed_with_its_children(sleep_detector_works: None) -> None:
+    marker = _marker()
+    program = _forking_program(marker, "while True:\n    pass")
+    start = time.monotonic()
+    assert run_tests(program, ["assert True"], timeout_s=1.0) == (False, "timeout")
+    assert time.monotonic() - start < 4
+    assert _gone_soon(marker)
+
+
+def test_children_do_not_outlive_a_passing_program(sleep_detector_works: None) -> None:
+    marker = _marker()
+    assert run_tests(_forking_program(marker, ADD), ADD_TESTS, timeout_s=5.0) == (True, "passed")
+    assert _gone_soon(marker)
+
+
+def test_children_that_leave_the_process_group_die_too(sleep_detector_works: None) -> None:
+    if "--pid" not in sandbox._isolation().prefix:
+        pytest.skip(f"no PID namespace on this machine ({sandbox.describe_isolation()})")
+    marker = _marker()
+    assert run_tests(_forking_program(marker, ADD, setsid=True), ADD_TESTS, timeout_s=5.0) == (True, "passed")
+    assert _gone_soon(marker)
+
+
+def test_resource_limits_are_set_in_the_child() -> None:
+    check = textwrap.dedent(
+        f"""
+        import resource as r
+        assert r.getrlimit(r.RLIMIT_AS) == (256 * 2**20, 256 * 2**20)
+        assert r.getrlimit(r.RLIMIT_CPU) == (3, 4)
+        assert r.getrlimit(r.RLIMIT_FSIZE) == ({FILE_SIZE_LIMIT}, {FILE_SIZE_LIMIT})
+        assert r.getrlimit(r.RLIMIT_NOFILE)[1] <= 128
+        assert r.getrlimit(r.RLIMIT_CORE) == (0, 0)
+        """
+    )
+    assert run_tests(ADD, [check], timeout_s=2.0, memory_mb=256) == (True, "passed")
+    # The program cannot raise a hard limit back.
+    assert run_tests(ADD, ["import resource as r\nr.setrlimit(r.RLIMIT_AS, (-1, -1))"]) == (False, "runtime_error")
+
+
+def test_cpu_seconds_limit_counts_as_timeout() -> None:
+    # The program lowers its own CPU limit (allowed) and spins: the kernel's SIGXCPU, not the 10 s wall clock,
+    # ends it, and the supervisor reports it.
+    spin = "import resource as r\nr.setrlimit(r.RLIMIT_CPU, (1, 2))\nwhile True:\n    pass\n"
+    start = time.monotonic()
+    assert run_tests(spin, ["assert True"], timeout_s=10.0) == (False, "timeout")
+    assert time.monotonic() - start < 6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Network
+
+
+def test_no_network() -> None:
+    if not sandbox.network_isolated():
+        pytest.skip(f"no network namespace on this machine ({sandbox.describe_isolation()})")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass  # the listener is reachable from outside the sandbox
+        server.accept()[0].close()
+        program = textwrap.dedent(
+            f"""
+            import socket
+            def reachable():
+                try:
+                    socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+                    return True
+                except OSError:
+                    return False
+            """
+        )
+        assert run_tests(program, ["assert reachable() is False"]) == (True, "passed")
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            server.accept()  # nothing came in
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running as root: the programs get an unprivileged uid
+
+
+def test_root_drops_to_an_unprivileged_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    interpreter = shutil.which("python3", path="/usr/bin:/bin")
+    if os.geteuid() != 0 or interpreter is None:
+        pytest.skip("needs root and a system python3 that uid 65534 can run")
+    monkeypatch.setattr(sys, "executable", interpreter)
+    sandbox._isolation.cache_clear()
+    try:
+        assert sandbox._isolation().user == sandbox.NOBODY, sandbox.describe_isolation()
+        secret = tmp_path / "root-only.txt"
+        secret.write_text("root only")
+        secret.chmod(0o600)
+        reader = f"def read():\n    return open({str(secret)!r}).read()\n"
+        assert run_tests(reader, ["read()"]) == (False, "runtime_error")
+        assert run_tests(reader, ["try:\n    read()\nexcept PermissionError:\n    pass"]) == (True, "passed")
+    finally:
+        sandbox._isolation.cache_clear()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Many
+
+
+def test_run_tests_many_keeps_order() -> None:
+    jobs = [
+        (ADD, ADD_TESTS),
+        ("while True:\n    pass\n", ["assert True"]),
+        ("def add(a, b):\n    return 0\n", ADD_TESTS),
+        ("def add(", ADD_TESTS),
+        (ADD, ADD_TESTS),
+        ("raise ValueError('boom')\n", ADD_TESTS),
+    ]
+    expected = [
+        (True, "passed"),
+        (False, "timeout"),
+        (False, "test_failed"),
+        (False, "syntax_error"),
+        (True, "passed"),
+        (False, "runtime_error"),
+    ]
+    assert run_tests_many(jobs, timeout_s=1.5, workers=2) == expected
+    assert run_tests_many([], timeout_s=1.0) == []
