@@ -1,0 +1,31 @@
+"""Prompt builder for the toy world: its tasks as Prompt rows (no download needed).
+
+`split: fusion` is the pool the sources answer and the target is fused on; `split: eval`
+is the held-out evaluation set (its own seeded generator, kept out of every other pool).
+"""
+
+from __future__ import annotations
+
+from fusechat3.schema import make_prompt
+from fusechat3.toyworld import tasks as T
+
+
+def build(split: str = "fusion", per_domain: dict | int = 100, seed: int = 0) -> list[dict]:
+    counts = per_domain if isinstance(per_domain, dict) else {d: per_domain for d in T.FAMILIES}
+    unknown = sorted(set(counts) - set(T.FAMILIES))
+    if unknown:
+        raise ValueError(f"toyworld builder: unknown domain(s) {unknown} in per_domain; use {list(T.FAMILIES)}")
+    rows = []
+    for domain, n in counts.items():
+        for t in T.split_tasks(domain, int(n), split, seed=seed):
+            rows.append(
+                make_prompt(
+                    domain=domain,
+                    source_dataset=f"toyworld/{split}",
+                    messages=[{"role": "user", "content": t.prompt}],
+                    gold=t.gold,
+                    tests=list(t.tests) if t.tests else None,
+                    meta={"family": t.family, "reference": t.reference},
+                )
+            )
+    return rows

@@ -1,0 +1,126 @@
+"""The `fusechat3` command: parse, load the recipe, call one stage function.
+
+Heavy libraries (torch, vLLM, TRL) are imported by the stages themselves, so
+`fusechat3 --help` and a recipe error answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+STAGE_HELP = {
+    "prompts": "build the prompt set from the recipe's data builders",
+    "sample": "sample N responses per prompt from each source (vLLM by default)",
+    "score": "score every response: reward model + math/code verification",
+    "build": "build the SFT and DPO sets by the FuseChat-3.0 rules",
+    "sft": "SFT of the target on the SFT set (TRL)",
+    "dpo": "DPO of the SFT model on the DPO set (TRL; e.g. length-normalized)",
+    "controls": "single-source control runs (same SFT budget, one source's data)",
+    "eval": "held-out accuracy of every model of the run -> scoreboard.json",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fusechat3",
+        description="Knowledge fusion of LLMs: FuseChat-3.0 implicit fusion on vLLM + TRL, with a CPU toy world.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_recipe(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("recipe", help="recipe YAML, e.g. recipes/toyworld/imf.yaml")
+        sp.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a recipe key, e.g. --set sources.0.sampling.n=8 (repeatable)",
+        )
+        return sp
+
+    r = with_recipe("run", "run every stage in order (resumable: finished stages are skipped)")
+    from_to = ["prompts", "sample", "score", "build", "sft", "dpo", "controls", "eval"]
+    r.add_argument("--from", dest="start", choices=from_to, help="first stage to run")
+    r.add_argument("--to", dest="stop", choices=from_to, help="last stage to run")
+    for name, help in STAGE_HELP.items():
+        sp = with_recipe(name, help)
+        if name == "sample":
+            sp.add_argument("--source", help="sample only this source")
+            sp.add_argument("--shard", metavar="I/N", help="do only shards k with k %% N == I (split one source over N jobs)")
+        if name == "eval":
+            sp.add_argument("--models", nargs="+", help="evaluate only these models (e.g. target_before qwen2-code)")
+
+    tw = sub.add_parser("toyworld", help="the toy world: build its models")
+    tws = tw.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
+    b = tws.add_parser("build", help="train the toy world's models from a seed (minutes on 2 CPU cores)")
+    b.add_argument("--out", help="output folder (default: the package's assets, which are committed)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--only", nargs="+", help="build only these models (e.g. target reward)")
+    return p
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 3/16), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "toyworld":
+        from pathlib import Path
+
+        from fusechat3.toyworld.build import build
+
+        build(Path(args.out) if args.out else None, seed=args.seed, only=args.only)
+        return
+
+    from fusechat3.recipe import load_recipe
+    from fusechat3.run import Run
+
+    run = Run(load_recipe(args.recipe, args.overrides))
+    if args.command == "run":
+        from fusechat3.pipeline import run_all
+
+        run_all(run, args.start, args.stop)
+    elif args.command == "sample":
+        from fusechat3.sampling.stage import run_sample
+
+        if args.source:
+            run.recipe.source(args.source)  # one clear line if there is no such source
+        run_sample(run, args.source, _shard(args.shard))
+    elif args.command == "eval":
+        from fusechat3.evaluation.stage import run_eval
+
+        run_eval(run, only=args.models)
+    else:
+        from fusechat3.pipeline import STAGES
+
+        STAGES[args.command](run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        _dispatch(args)
+    except (ValueError, FileNotFoundError) as err:
+        if args.verbose:
+            raise
+        # A user mistake (recipe, data, missing stage): one line, no traceback.
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"fusechat3: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

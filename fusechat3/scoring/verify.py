@@ -1,0 +1,61 @@
+"""Correctness of responses, by the prompt's domain: the one place both scoring and
+evaluation ask "is this response right?".
+
+- math: the final answer against the prompt's `gold` (math-verify);
+- code: the extracted program against the prompt's `tests` (the sandbox);
+- any prompt whose `meta` carries a `reference` (the toy world's instruction and zh tasks):
+  exact match after trimming white space;
+- otherwise: None ("unchecked"), and the reward model alone judges.
+"""
+
+from __future__ import annotations
+
+from fusechat3.schema import prompt_meta
+
+
+def verify_many(
+    prompts: list[dict],
+    texts: list[str],
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    workers: int = 0,
+) -> list[tuple[bool | None, str]]:
+    """(correct, verdict) for each (prompt row, response text) pair, in order."""
+    from fusechat3.scoring.code import extract_code, run_tests_many
+    from fusechat3.scoring.math import verify_math_many
+
+    out: list[tuple[bool | None, str]] = [(None, "unchecked")] * len(texts)
+    math_idx, code_idx, code_jobs = [], [], []
+    for i, (p, text) in enumerate(zip(prompts, texts, strict=True)):
+        if p["domain"] == "math" and p.get("gold"):
+            math_idx.append(i)
+        elif p["domain"] == "code" and p.get("tests"):
+            code = extract_code(text)
+            if code is None:
+                out[i] = (False, "no_code")
+            else:
+                code_idx.append(i)
+                code_jobs.append((code, list(p["tests"])))
+        else:
+            ref = prompt_meta(p).get("reference")
+            if ref is not None:
+                ok = text.strip() == str(ref).strip()
+                out[i] = (ok, "passed" if ok else "wrong_answer")
+    # Samples of one prompt are often identical: check each distinct pair once.
+    if math_idx:
+        pairs = [(texts[i], prompts[i]["gold"]) for i in math_idx]
+        distinct = list(dict.fromkeys(pairs))
+        verdicts = dict(zip(distinct, verify_math_many(distinct), strict=True))
+        for i, pair in zip(math_idx, pairs, strict=True):
+            out[i] = verdicts[pair]
+    if code_jobs:
+        keys = [(code, tuple(tests)) for code, tests in code_jobs]
+        distinct = list(dict.fromkeys(keys))
+        results = run_tests_many(
+            [(c, list(t)) for c, t in distinct], timeout_s=timeout_s, memory_mb=memory_mb, workers=workers
+        )
+        verdicts = dict(zip(distinct, results, strict=True))
+        for i, key in zip(code_idx, keys, strict=True):
+            out[i] = verdicts[key]
+    return out
