@@ -35,7 +35,11 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.add_argument("recipe", help="recipe YAML, e.g. recipes/toyworld/imf.yaml")
         sp.add_argument(
-            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="override a recipe key, e.g. --set sources.0.sampling.n=8 (repeatable)",
         )
         return sp
@@ -48,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         sp = with_recipe(name, help)
         if name == "sample":
             sp.add_argument("--source", help="sample only this source")
-            sp.add_argument("--shard", metavar="I/N", help="do only shards k with k %% N == I (split one source over N jobs)")
+            sp.add_argument(
+                "--shard", metavar="I/N", help="do only shards k with k %% N == I (split one source over N jobs)"
+            )
         if name == "eval":
             sp.add_argument("--models", nargs="+", help="evaluate only these models (e.g. target_before qwen2-code)")
 
@@ -108,7 +114,9 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         _dispatch(args)

@@ -104,7 +104,9 @@ def make_sample(
     sampling_key: str,
 ) -> dict:
     if finish_reason not in FINISH_REASONS:
-        raise RowError(f"sample {prompt_id}/{model}/{sample_idx}: finish_reason {finish_reason!r} not in {FINISH_REASONS}")
+        raise RowError(
+            f"sample {prompt_id}/{model}/{sample_idx}: finish_reason {finish_reason!r} not in {FINISH_REASONS}"
+        )
     return {
         "prompt_id": prompt_id,
         "model": model,

@@ -90,7 +90,12 @@ def test_built_sets_follow_the_rules(finished_run):
     scores = {(s["prompt_id"], s["model"], s["sample_idx"]): s for s in run.read("score")}
     for row in dpo:  # chosen and rejected come from the same source, chosen scores higher
         assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
-        assert row["score_chosen"] is None or row["score_rejected"] is None or row["score_chosen"] >= row["score_rejected"] or row["domain"] in ("math", "code")
+        assert (
+            row["score_chosen"] is None
+            or row["score_rejected"] is None
+            or row["score_chosen"] >= row["score_rejected"]
+            or row["domain"] in ("math", "code")
+        )
     control = pq.read_table(build / "control-gpt2-chat.parquet").to_pylist()
     assert {r["model"] for r in control} <= {"gpt2-chat"}
     assert scores
@@ -106,14 +111,24 @@ def test_training_changed_the_target(finished_run):
         changed = sum(not (before[k] == after[k]).all() for k in before if k in after)
         assert changed > 0, f"{stage} did not change the parameters"
     sft_steps = json.loads((Path(run.dir.root) / "sft" / "model" / "trainer_state.json").read_text())["global_step"]
-    ctl_steps = json.loads((Path(run.dir.root) / "controls" / "gpt2-chat" / "model" / "trainer_state.json").read_text())["global_step"]
+    ctl_steps = json.loads(
+        (Path(run.dir.root) / "controls" / "gpt2-chat" / "model" / "trainer_state.json").read_text()
+    )["global_step"]
     assert sft_steps == ctl_steps == 3  # controls get the same SFT budget
 
 
 def test_scoreboard(finished_run):
     board = json.loads((Path(finished_run.dir.root) / "scoreboard.json").read_text())
     models = board["models"]
-    for key in ("target_before", "target_sft", "target_dpo", "target_single_gpt2-chat", "mistral-math", "qwen2-code", "gpt2-chat"):
+    for key in (
+        "target_before",
+        "target_sft",
+        "target_dpo",
+        "target_single_gpt2-chat",
+        "mistral-math",
+        "qwen2-code",
+        "gpt2-chat",
+    ):
         assert key in models, key
         assert set(models[key]) == {"math", "code", "instruction", "zh", "average"}
         assert 0.0 <= models[key]["average"] <= 1.0

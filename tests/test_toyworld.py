@@ -24,7 +24,12 @@ def test_tasks_are_deterministic_and_checkable():
         exec(t.response.strip("`").removeprefix("python\n"), env)
         for test in t.tests:
             exec(test, env)
-    assert T.zh_number(47) == "四十七" and T.zh_number(10) == "十" and T.zh_number(15) == "十五" and T.zh_number(90) == "九十"
+    assert (
+        T.zh_number(47) == "四十七"
+        and T.zh_number(10) == "十"
+        and T.zh_number(15) == "十五"
+        and T.zh_number(90) == "九十"
+    )
 
 
 def test_eval_prompts_are_kept_out_of_every_other_pool():

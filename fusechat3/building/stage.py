@@ -54,7 +54,12 @@ def run_build(run: Run) -> None:
     stage.finish({"sft": len(result.sft), "dpo": len(result.dpo), "stats": result.stats, "controls": controls})
     rows: list[tuple[str, object]] = []
     for domain in sorted(result.stats["prompts"]):
-        rows.append((f"{domain}: prompts -> sft / dpo", f"{result.stats['prompts'][domain]} -> {result.stats['sft'].get(domain, 0)} / {result.stats['dpo'].get(domain, 0)}"))
+        rows.append(
+            (
+                f"{domain}: prompts -> sft / dpo",
+                f"{result.stats['prompts'][domain]} -> {result.stats['sft'].get(domain, 0)} / {result.stats['dpo'].get(domain, 0)}",
+            )
+        )
         for reason, n in sorted(result.stats["drops"].get(domain, {}).items()):
             rows.append((f"  prompts dropped: {reason}", n))
         for reason, n in sorted(result.stats["invalid"].get(domain, {}).items()):

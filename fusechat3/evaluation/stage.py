@@ -18,7 +18,7 @@ from collections import defaultdict
 
 from fusechat3.building.stage import control_sources
 from fusechat3.recipe import resolve_model
-from fusechat3.run import Run, log, print_summary
+from fusechat3.run import Run, log
 from fusechat3.scoring.verify import verify_many
 
 

@@ -75,7 +75,9 @@ def run_sample(run: Run, source: str | None = None, shard: tuple[int, int] | Non
         stats: Counter = Counter()
         if todo:
             log(f"sample/{name}: {len(todo)} of {len(ranges)} shards to do ({len(wanted)} prompts)")
-            sampler = get_sampler(recipe.sampler.backend, resolve_model(spec.model), seed=spec.sampling.seed, **recipe.sampler.engine)
+            sampler = get_sampler(
+                recipe.sampler.backend, resolve_model(spec.model), seed=spec.sampling.seed, **recipe.sampler.engine
+            )
             try:
                 for k, lo, hi in todo:
                     chunk = wanted[lo:hi]

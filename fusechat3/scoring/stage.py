@@ -82,10 +82,20 @@ def run_score(run: Run) -> None:
     no_reward = sum(r["reward"] is None for r in rows)
     secs = time.time() - t0
     stage.finish(
-        {"rows_in": len(samples), "rows_out": len(rows), "verdicts": dict(verdicts), "no_reward": no_reward, "seconds": round(secs, 1)}
+        {
+            "rows_in": len(samples),
+            "rows_out": len(rows),
+            "verdicts": dict(verdicts),
+            "no_reward": no_reward,
+            "seconds": round(secs, 1),
+        }
     )
     print_summary(
         "score",
-        [("responses", len(rows)), ("no reward (skipped later)", no_reward), *((f"verdict: {k}", v) for k, v in verdicts.most_common())],
+        [
+            ("responses", len(rows)),
+            ("no reward (skipped later)", no_reward),
+            *((f"verdict: {k}", v) for k, v in verdicts.most_common()),
+        ],
         secs,
     )

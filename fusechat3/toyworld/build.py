@@ -121,7 +121,12 @@ def _config(spec: ModelSpec, tok, num_labels: int | None = None):
     common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=eos, bos_token_id=eos)
     if spec.arch == "gpt2":
         cfg = tf.GPT2Config(
-            n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads, n_positions=512, n_inner=spec.intermediate, **common
+            n_embd=spec.hidden,
+            n_layer=spec.layers,
+            n_head=spec.heads,
+            n_positions=512,
+            n_inner=spec.intermediate,
+            **common,
         )
     else:
         cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[spec.arch]

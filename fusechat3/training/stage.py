@@ -93,8 +93,17 @@ def run_controls(run: Run) -> None:
     # Same budget as the fused SFT: its number of optimizer steps, whatever the row count.
     steps = _trainer_state(Path(model_dir(run, "sft"))).get("global_step")
     if not steps:
-        raise ValueError(f"{run.dir.root}/sft/model has no trainer_state.json: re-run `fusechat3 sft {run.recipe.path}`")
+        raise ValueError(
+            f"{run.dir.root}/sft/model has no trainer_state.json: re-run `fusechat3 sft {run.recipe.path}`"
+        )
     args = {k: v for k, v in run.recipe.sft.items() if k != "num_train_epochs"}
     args["max_steps"] = int(steps)
     for name in names:
-        _train(run, f"controls/{name}", "sft", resolve_model(run.recipe.target.model), [training_file(run, f"control-{name}")], args)
+        _train(
+            run,
+            f"controls/{name}",
+            "sft",
+            resolve_model(run.recipe.target.model),
+            [training_file(run, f"control-{name}")],
+            args,
+        )
