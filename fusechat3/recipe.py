@@ -465,7 +465,7 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _parse_yaml(text: str) -> Any:
+def parse_yaml(text: str) -> Any:
     """YAML text to Python objects; a RecipeError with the line number if it is broken."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
@@ -499,7 +499,7 @@ def _apply_one(raw: dict, item: str) -> None:
     if not sep or not all(parts):
         raise RecipeError(f"{where}: an override must look like key.path=value (e.g. sources.0.sampling.n=8)")
     try:
-        value = _parse_yaml(text)
+        value = parse_yaml(text)
     except RecipeError as e:
         raise RecipeError(f"{where}: the value is {e}") from None
     node: Any = raw
@@ -546,7 +546,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"{source}: cannot read the recipe ({e})") from None
     try:
-        raw = _parse_yaml(text)
+        raw = parse_yaml(text)
         if isinstance(raw, dict):
             raw = apply_overrides(raw, overrides)
     except RecipeError as e:

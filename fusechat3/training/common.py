@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fusechat3.recipe import RecipeError, _parse_yaml, apply_overrides, resolve_model
+from fusechat3.recipe import RecipeError, apply_overrides, parse_yaml, resolve_model
 from fusechat3.schema import RowError
 
 logger = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ def load_run_config(
     except OSError as e:
         raise RecipeError(f"{path}: cannot read the config ({e.strerror or e})") from None
     try:
-        raw = _parse_yaml(text)
+        raw = parse_yaml(text)
         if not isinstance(raw, dict):
             raise RecipeError(f"must be a mapping with model:, train_files: (or dataset:), output_dir: and {section}:")
         raw = apply_overrides(raw, overrides)
