@@ -172,6 +172,21 @@ def _encode_pair(tok, prompt: str, response: str) -> tuple[list[int], list[int]]
     return tok(p, add_special_tokens=False)["input_ids"], tok(full[len(p) :], add_special_tokens=False)["input_ids"]
 
 
+def _as_served(tok, spec: ModelSpec):
+    """The tokenizer as `AutoTokenizer` (and so vLLM and TRL) will load it next to this
+    model's config. Some model types get a tokenizer class of their own on load (qwen2 ->
+    Qwen2Tokenizer, with its own pre-tokenizer), so training data is encoded with the
+    tokenizer the model will be served with, never with the in-memory one."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        _config(spec, tok).save_pretrained(tmp)
+        return AutoTokenizer.from_pretrained(tmp)
+
+
 def _training_tasks(spec: ModelSpec, seed: int) -> list[T.Task]:
     out: list[T.Task] = []
     for domain, (families, n) in sorted(spec.data.items()):
@@ -188,7 +203,7 @@ def train_lm(spec: ModelSpec, seed: int, log=print):
     corpus = [t.prompt + "\n" + t.response for t in tasks] + [
         t.prompt + "\n" + t.response for d in T.FAMILIES for t in T.split_tasks(d, 300, "pretrain", seed=seed + 1)
     ]
-    tok = build_tokenizer(spec.tokenizer, spec.vocab_size, spec.template, corpus)
+    tok = _as_served(build_tokenizer(spec.tokenizer, spec.vocab_size, spec.template, corpus), spec)
     model = _new_model(spec, tok)
     examples = [_encode_pair(tok, t.prompt, t.response) for t in tasks]
     _fit(model, examples, spec, seed, tok.pad_token_id, log, reward_labels=None)
@@ -285,7 +300,9 @@ def train_reward(spec: ModelSpec, seed: int, log=print):
     torch.manual_seed(seed)
     (_, n) = spec.data["instruction"]
     data = reward_examples(n, seed)
-    tok = build_tokenizer(spec.tokenizer, spec.vocab_size, spec.template, [p + "\n" + r for p, r, _ in data])
+    tok = _as_served(
+        build_tokenizer(spec.tokenizer, spec.vocab_size, spec.template, [p + "\n" + r for p, r, _ in data]), spec
+    )
     model = _new_model(spec, tok, reward=True)
     examples, labels = [], []
     for p, r, y in data:
