@@ -44,6 +44,10 @@ def _cpu_defaults(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
     """On a machine without CUDA, the settings vLLM's CPU build works with; on GPU, vLLM's own."""
     import torch
 
+    # vLLM's INFO lines (full engine config, per engine) drown the stage output; its
+    # progress bar stays. VLLM_LOGGING_LEVEL=INFO brings them back.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
     if torch.cuda.is_available():
         return engine_kwargs
     # Read by vLLM at import / engine start, so they must be set before `import vllm`.

@@ -78,8 +78,10 @@ SPECS: list[ModelSpec] = [
     ModelSpec(
         name="gpt2-chat",
         arch="gpt2",
-        tokenizer="char",
-        vocab_size=0,
+        # Word-level copying (reverse, join, ...) is what instruction tasks need: a BPE
+        # whose merges make each word one token learns it far faster than characters.
+        tokenizer="bpe",
+        vocab_size=600,
         template="plain",
         data={**_common(1500), "instruction": (None, 40000)},
         specialty=["instruction"],
@@ -88,10 +90,11 @@ SPECS: list[ModelSpec] = [
         name="target",
         arch="llama",
         tokenizer="bpe-digits",
-        vocab_size=700,
+        vocab_size=1000,
         template="llama3",
-        data=_common(400),
-        steps=600,
+        # The common families a little, plus the general skill of copying from the prompt.
+        data={**_common(400), "general": (None, 3000)},
+        steps=1200,
         kv_heads=2,
         role="target",
     ),
@@ -102,10 +105,9 @@ REWARD_SPEC = ModelSpec(
     tokenizer="bpe",
     vocab_size=600,
     template="llama3",
-    data={"instruction": (None, 24000)},
-    steps=1200,
+    data={"instruction": (None, 40000)},
+    steps=3000,
     lr=2e-3,
-    layers=3,
     kv_heads=2,
     role="reward",
 )
@@ -190,7 +192,10 @@ def _as_served(tok, spec: ModelSpec):
 def _training_tasks(spec: ModelSpec, seed: int) -> list[T.Task]:
     out: list[T.Task] = []
     for domain, (families, n) in sorted(spec.data.items()):
-        out += T.split_tasks(domain, n, "pretrain", seed=seed, families=families)
+        if domain == "general":
+            out += T.general_tasks(n, seed)
+        else:
+            out += T.split_tasks(domain, n, "pretrain", seed=seed, families=families)
     return out
 
 
@@ -264,7 +269,7 @@ def reward_examples(n: int, seed: int) -> list[tuple[str, str, float]]:
         words, times = t.meta["words"], t.meta["times"]
         good = t.response
         out.append((t.prompt, good, 1.0))
-        bad = rng.choice(["family", "drop", "swap", "replace", "copy", "other", "extra", "cut"])
+        bad = rng.choice(["family", "drop", "swap", "replace", "repeat", "repeat", "copy", "other", "extra", "cut"])
         if bad == "family":
             fam = rng.choice([f for f in T.INSTRUCTION_FAMILIES if f != t.family])
             resp = T.instruction_answer(fam, words, times)
@@ -280,6 +285,11 @@ def reward_examples(n: int, seed: int) -> list[tuple[str, str, float]]:
         elif bad == "replace":
             parts = good.split() or [good]
             parts[rng.randrange(len(parts))] = rng.choice(T.WORDS)
+            resp = " ".join(parts)
+        elif bad == "repeat" and len(good.split()) > 1:  # a word written twice: the typical slip of a small model
+            parts = good.split()
+            i = rng.randrange(1, len(parts))
+            parts[i] = parts[i - 1]
             resp = " ".join(parts)
         elif bad == "copy":
             resp = " ".join(words)

@@ -9,7 +9,7 @@ that fusion has to move into the target is real: whole families the target never
 - math: arithmetic word problems; gold answer checked by math-verify.
 - code: small Python functions over a list; hidden assert tests run in the sandbox.
 - instruction: word transformations; a reference answer, and the toy reward model judges.
-- zh: numbers to and from Chinese numerals (SFT only, one source, as in the paper).
+- zh: English words and numbers to Chinese (SFT only, one source, as in the paper).
 """
 
 from __future__ import annotations
@@ -51,16 +51,16 @@ def _math(family: str, rng: random.Random) -> Task:
         q = f"{n} has {a} {item}. {n} finds {b} more. How many {item} does {n} have now?"
         expr, ans = f"{a} + {b}", a + b
     elif family == "sub":
-        a = rng.randint(3, 20)
+        a = rng.randint(3, 12)
         b = rng.randint(1, a - 1)
         q = f"{n} has {a} {item}. {n} gives {b} to {m}. How many {item} does {n} have left?"
         expr, ans = f"{a} - {b}", a - b
     elif family == "mul":
-        a, b = rng.randint(2, 10), rng.randint(2, 10)
+        a, b = rng.randint(2, 6), rng.randint(2, 6)
         q = f"{n} has {a} boxes. Each box holds {b} {item}. How many {item} does {n} have?"
         expr, ans = f"{a} * {b}", a * b
     elif family == "div":
-        b, ans = rng.randint(2, 10), rng.randint(2, 10)
+        b, ans = rng.randint(2, 6), rng.randint(2, 6)
         a = b * ans
         q = f"{n} shares {a} {item} equally among {b} friends. How many {item} does each friend get?"
         expr = f"{a} / {b}"
@@ -76,14 +76,9 @@ def _math(family: str, rng: random.Random) -> Task:
 CODE_FAMILIES: dict[str, tuple[str, str]] = {
     "sum": ("returns the sum of the numbers in xs", "return sum(xs)"),
     "max": ("returns the largest number in xs", "return max(xs)"),
-    "min": ("returns the smallest number in xs", "return min(xs)"),
-    "last": ("returns the last number in xs", "return xs[-1]"),
     "count_even": ("returns how many numbers in xs are even", "return len([x for x in xs if x % 2 == 0])"),
-    "sum_odd": ("returns the sum of the odd numbers in xs", "return sum([x for x in xs if x % 2 == 1])"),
-    "sort_desc": ("returns xs sorted from largest to smallest", "return sorted(xs, reverse=True)"),
     "greater": ("returns the numbers in xs that are greater than {k}", "return [x for x in xs if x > {k}]"),
     "times": ("returns each number in xs multiplied by {k}", "return [x * {k} for x in xs]"),
-    "count_k": ("returns how many times {k} appears in xs", "return xs.count({k})"),
 }
 
 
@@ -110,7 +105,7 @@ def _code(family: str, rng: random.Random) -> Task:
 
 # ---------------------------------------------------------------- instruction
 
-INSTRUCTION_FAMILIES = ("reverse", "upper", "first", "repeat", "last", "plural", "join")
+INSTRUCTION_FAMILIES = ("reverse", "upper", "first", "repeat", "last")
 
 
 def instruction_answer(family: str, words: list[str], times: int = 0) -> str:
@@ -130,6 +125,20 @@ def instruction_answer(family: str, words: list[str], times: int = 0) -> str:
     if family == "join":
         return "-".join(words)
     raise ValueError(f"unknown instruction family {family!r}")
+
+
+def general_tasks(n: int, seed: int) -> list[Task]:
+    """A general skill every chat model has before any specialising: repeating words back.
+    Not a domain family (it is never evaluated); the target learns it so that it can copy
+    from its prompt, as any real target model can, and fusion teaches it the rest."""
+    rng = random.Random(f"general:{seed}")
+    out = []
+    for _ in range(n):
+        words = rng.sample(WORDS, rng.randint(2, 6))
+        text = " ".join(words)
+        q = rng.choice([f"Repeat these words: {text}", f"Say again: {text}", f"Copy: {text}"])
+        out.append(Task("general", "copy", q, text))
+    return out
 
 
 def _instruction(family: str, rng: random.Random) -> Task:
@@ -159,14 +168,40 @@ def zh_number(n: int) -> str:
     return out + (ZH_DIGITS[ones] if ones else "")
 
 
+ZH_WORDS = dict(
+    zip(
+        WORDS,
+        "猫 狗 日 树 书 鱼 鸟 月 星 杯 帽 笔 盒 车 船 灯 门 石 叶 环 铃 路 王 花 奶 盐 金 风 雨 雪".split(),
+        strict=True,
+    )
+)
+
+
 def _zh(family: str, rng: random.Random) -> Task:
-    n = rng.randint(1, 99)
-    if family == "num2zh":
-        q = rng.choice([f"把 {n} 写成汉字。", f"请用中文写出数字 {n}。", f"{n} 的中文是什么？"])
+    if family == "num":
+        n = rng.randint(1, 30)
+        q = rng.choice(
+            [
+                f"把 {n} 写成汉字。",
+                f"请用中文写出数字 {n}。",
+                f"{n} 的中文是什么？",
+                f"{n} 用汉字怎么写？",
+                f"数字 {n} 的汉字是？",
+            ]
+        )
         ans = zh_number(n)
-    elif family == "zh2num":
-        q = rng.choice([f"把 {zh_number(n)} 写成阿拉伯数字。", f"{zh_number(n)} 是多少？"])
-        ans = str(n)
+    elif family == "word":
+        w = rng.choice(WORDS)
+        q = rng.choice(
+            [
+                f"{w} 的中文是什么？",
+                f"把 {w} 翻译成中文。",
+                f"请把英文单词 {w} 翻译成中文。",
+                f"{w} 用中文怎么说？",
+                f"英文 {w} 是什么意思？",
+            ]
+        )
+        ans = ZH_WORDS[w]
     else:
         raise ValueError(f"unknown zh family {family!r}")
     return Task("zh", family, q, ans, reference=ans)
@@ -178,7 +213,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "math": ("add", "sub", "mul", "div"),
     "code": tuple(CODE_FAMILIES),
     "instruction": INSTRUCTION_FAMILIES,
-    "zh": ("num2zh", "zh2num"),
+    "zh": ("num", "word"),
 }
 # The family per domain that every model of the toy world (the target too) knows a little.
 COMMON: dict[str, str] = {"math": "add", "code": "sum", "instruction": "reverse"}
