@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="output folder (default: the package's assets, which are committed)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--only", nargs="+", help="build only these models (e.g. target reward)")
+    b.add_argument("--jobs", type=int, default=2, help="models trained at once, one thread each (default 2)")
     return p
 
 
@@ -85,7 +86,7 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         from fusechat3.toyworld.build import build
 
-        build(Path(args.out) if args.out else None, seed=args.seed, only=args.only)
+        build(Path(args.out) if args.out else None, seed=args.seed, only=args.only, jobs=args.jobs)
         return
 
     from fusechat3.recipe import load_recipe

@@ -72,3 +72,10 @@ def test_assets_are_small():
     assets = Path(resolve_model("toyworld:target")).parent
     total = sum(f.stat().st_size for f in assets.rglob("*") if f.is_file())
     assert total < 30 * 2**20, total
+
+
+def test_build_rejects_unknown_model(tmp_path):
+    from fusechat3.toyworld.build import build
+
+    with pytest.raises(ValueError, match="unknown model"):
+        build(tmp_path, only=["no-such-model"])
