@@ -108,9 +108,9 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         run_eval(run, only=args.models)
     else:
-        from fusechat3.pipeline import STAGES
+        from fusechat3.pipeline import stage_fn
 
-        STAGES[args.command](run)
+        stage_fn(args.command)(run)
 
 
 def main(argv: list[str] | None = None) -> int:
