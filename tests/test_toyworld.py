@@ -79,3 +79,25 @@ def test_build_rejects_unknown_model(tmp_path):
 
     with pytest.raises(ValueError, match="unknown model"):
         build(tmp_path, only=["no-such-model"])
+
+
+def test_build_trains_and_saves_loadable_models(tmp_path):
+    """The real build path (worker processes, tokenizer as served, save) on two tiny specs."""
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from fusechat3.toyworld.build import REWARD_SPEC, SPECS, build
+
+    tiny = [
+        dataclasses.replace(SPECS[1], steps=3, data={"code": (None, 40), "zh": (None, 20)}),
+        dataclasses.replace(REWARD_SPEC, steps=3, data={"instruction": (None, 40)}),
+    ]
+    build(tmp_path, specs=tiny, jobs=2, log=lambda *_: None)
+    lm = tmp_path / "qwen2-code"
+    tok = AutoTokenizer.from_pretrained(lm)
+    assert tok.chat_template and AutoModelForCausalLM.from_pretrained(lm).config.model_type == "qwen2"
+    card = json.loads((lm / "toyworld.json").read_text())
+    assert card["spec"]["steps"] == 3 and card["parameters"] > 0
+    rm = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward")
+    assert rm.config.num_labels == 1 and rm.config.pad_token_id is not None

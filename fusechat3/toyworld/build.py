@@ -361,7 +361,14 @@ def _build_one(spec: ModelSpec, out_dir: Path, seed: int, threads: int) -> float
     return time.time() - t0
 
 
-def build(out_dir: Path | None = None, seed: int = 0, only: list[str] | None = None, jobs: int = 2, log=print) -> Path:
+def build(
+    out_dir: Path | None = None,
+    seed: int = 0,
+    only: list[str] | None = None,
+    jobs: int = 2,
+    log=print,
+    specs: list[ModelSpec] | None = None,
+) -> Path:
     """Train every toy model (or those in `only`) and save them under `out_dir`.
 
     `jobs` models train at once, each in its own process with one thread: on 2 cores this
@@ -373,10 +380,11 @@ def build(out_dir: Path | None = None, seed: int = 0, only: list[str] | None = N
 
     out_dir = Path(out_dir or ASSETS)
     out_dir.mkdir(parents=True, exist_ok=True)
-    specs = [s for s in [*SPECS, REWARD_SPEC] if not only or s.name in only]
-    unknown = sorted(set(only or ()) - {s.name for s in [*SPECS, REWARD_SPEC]})
+    every = specs or [*SPECS, REWARD_SPEC]  # `specs`: other model definitions (tests use tiny ones)
+    unknown = sorted(set(only or ()) - {s.name for s in every})
     if unknown:
-        raise ValueError(f"toyworld build: unknown model(s) {unknown}; use {[s.name for s in [*SPECS, REWARD_SPEC]]}")
+        raise ValueError(f"toyworld build: unknown model(s) {unknown}; use {[s.name for s in every]}")
+    specs = [s for s in every if not only or s.name in only]
     # Longest first, so that the workers finish together.
     specs.sort(key=lambda s: -s.steps * sum(n for _, n in s.data.values()))
     t_all = time.time()
