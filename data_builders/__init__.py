@@ -41,3 +41,19 @@ def run_builder(name: str, args: dict, where: str = "prompts") -> list[dict]:
             hint = f" (did you mean {close[0]!r}?)" if close else f"; it takes {sorted(params)}"
             raise ValueError(f"{where}: builder {name!r} has no argument {key!r}{hint}")
     return fn(**args)
+
+
+def collect(specs: list, where: str) -> tuple[list[dict], int]:
+    """Prompt rows of several builder specs (`.builder`, `.args`), first occurrence of each
+    prompt_id kept; returns (rows, number of duplicates skipped)."""
+    rows: list[dict] = []
+    seen: set[str] = set()
+    dup = 0
+    for i, spec in enumerate(specs):
+        for row in run_builder(spec.builder, spec.args, where=f"{where}[{i}]"):
+            if row["prompt_id"] in seen:
+                dup += 1
+                continue
+            seen.add(row["prompt_id"])
+            rows.append(row)
+    return rows, dup

@@ -36,15 +36,9 @@ def eval_models(run: Run) -> dict[str, str]:
 
 
 def eval_prompt_rows(run: Run) -> list[dict]:
-    from data_builders import run_builder
+    from data_builders import collect
 
-    rows, seen = [], set()
-    for i, spec in enumerate(run.recipe.eval.prompts):
-        for row in run_builder(spec.builder, spec.args, where=f"{run.recipe.path}: eval.prompts[{i}]"):
-            if row["prompt_id"] not in seen:
-                seen.add(row["prompt_id"])
-                rows.append(row)
-    return rows
+    return collect(run.recipe.eval.prompts, f"{run.recipe.path}: eval.prompts")[0]
 
 
 def run_eval(run: Run, only: list[str] | None = None) -> dict:

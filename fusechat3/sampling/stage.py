@@ -17,23 +17,14 @@ from fusechat3.schema import make_sample, stable_hash
 
 
 def run_prompts(run: Run) -> None:
-    from data_builders import run_builder
+    from data_builders import collect
 
     stage = run.stage("prompts")
     if stage.done():
         log("prompts: done already")
         return
     t0 = time.time()
-    rows: list[dict] = []
-    seen: set[str] = set()
-    dup = 0
-    for i, spec in enumerate(run.recipe.prompts):
-        for row in run_builder(spec.builder, spec.args, where=f"{run.recipe.path}: prompts[{i}]"):
-            if row["prompt_id"] in seen:
-                dup += 1
-                continue
-            seen.add(row["prompt_id"])
-            rows.append(row)
+    rows, dup = collect(run.recipe.prompts, f"{run.recipe.path}: prompts")
     stage.write_shard("prompts", rows)
     by_domain = Counter(r["domain"] for r in rows)
     summary = {"rows_out": len(rows), "skipped": {"duplicate_prompt": dup}, "domains": dict(by_domain)}
