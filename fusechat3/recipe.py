@@ -98,9 +98,17 @@ class SourceSpec:
     """A source LLM whose responses are fused into the target."""
 
     name: str  # short unique name; it is the `model` column of Sample and Score rows
-    model: str  # local path, Hub id, or "toyworld:<asset>"
+    model: str  # local path, Hub id, or "toyworld:<asset>" (openai backend: the served model name)
     sampling: SamplingSpec = field(default_factory=SamplingSpec)  # how this source is sampled
     domains: list[str] | None = None  # domains this source is sampled on (null: all)
+    backend: str | None = None  # this source's sampling backend (null: sampler.backend)
+    # This source's backend options, over sampler.engine: vLLM's tensor_parallel_size,
+    # max_model_len, dtype, gpu_memory_utilization, enable_prefix_caching, revision,
+    # trust_remote_code...; openai's base_url, api_key_env, max_concurrency...
+    engine: dict = field(default_factory=dict)
+    # A Jinja chat template file (relative to the recipe's folder) used instead of the
+    # model's own; null: the tokenizer's template.
+    chat_template: str | None = None
 
     def _validate(self, where: str) -> None:
         if not _NAME_RE.match(self.name):
@@ -110,6 +118,8 @@ class SourceSpec:
             raise _fail(_key(where, "model"), "must be a local path, a Hub id or 'toyworld:<asset>', got ''")
         if self.domains is not None and not self.domains:
             raise _fail(_key(where, "domains"), "must list at least one domain (or be left out to mean all)")
+        if self.backend == "":
+            raise _fail(_key(where, "backend"), "must name a sampling backend (vllm, hf or openai) or be null")
 
 
 @dataclass
@@ -255,6 +265,23 @@ class Recipe:
     def run_path(self) -> Path:
         """The run directory: `run_dir`, or runs/<name> under the current directory."""
         return Path(self.run_dir).expanduser() if self.run_dir else Path("runs") / self.name
+
+    def sampler_for(self, src: SourceSpec) -> tuple[str, dict]:
+        """The backend name and engine options one source is sampled with."""
+        return src.backend or self.sampler.backend, {**self.sampler.engine, **src.engine}
+
+    def chat_template(self, src: SourceSpec) -> str | None:
+        """The text of a source's `chat_template` file (relative to the recipe's folder), or None."""
+        if src.chat_template is None:
+            return None
+        path = Path(src.chat_template).expanduser()
+        if not path.is_absolute() and self.path:
+            path = Path(self.path).parent / path
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as e:
+            where = f"{self.path or 'recipe'}: key 'sources[{self.sources.index(src)}].chat_template'"
+            raise RecipeError(f"{where} cannot be read: {path} ({e.strerror}); give a Jinja template file") from None
 
     def source(self, name: str) -> SourceSpec:
         """The source called `name`; a RecipeError naming the closest one if there is none."""
@@ -533,6 +560,8 @@ def parse_recipe(raw: Any, source: str = "recipe") -> Recipe:
     except RecipeError as e:
         raise RecipeError(f"{source}: {e}") from None
     recipe.path = source
+    for src in recipe.sources:
+        recipe.chat_template(src)  # a missing template file fails at load, not days into sampling
     return recipe
 
 

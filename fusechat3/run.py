@@ -41,9 +41,17 @@ class Run:
         if top == "prompts":
             return recipe_hash({"prompts": as_dict(r.prompts), "seed": r.seed})
         if top == "sample":
+            from fusechat3.sampling.base import sampling_key
+
             src = r.source(sub)
-            sampler = {"backend": r.sampler.backend, "engine": r.sampler.engine, "shard_size": r.sampler.shard_size}
-            return recipe_hash({"prompts": self.key("prompts"), "source": as_dict(src), "sampler": sampler})
+            return recipe_hash(
+                {
+                    "prompts": self.key("prompts"),
+                    "sampling_key": sampling_key(r, src),
+                    "domains": src.domains,
+                    "shard_size": r.sampler.shard_size,
+                }
+            )
         if top == "score":
             samples = [self.key(f"sample/{s.name}") for s in r.sources]
             return recipe_hash({"samples": samples, "scoring": as_dict(r.scoring)})

@@ -87,6 +87,8 @@ def check_prompt(row: dict, where: str = "prompt") -> None:
             raise RowError(f"{where} {row['prompt_id']}: messages[{i}] needs 'role' and 'content'")
     if msgs[-1]["role"] != "user":
         raise RowError(f"{where} {row['prompt_id']}: the last message must be the user's, got {msgs[-1]['role']!r}")
+    if not isinstance(msgs[-1]["content"], str) or not msgs[-1]["content"].strip():
+        raise RowError(f"{where} {row['prompt_id']}: the user message is empty; drop the prompt or give it text")
     if row["domain"] == "math" and not row.get("gold"):
         raise RowError(f"{where} {row['prompt_id']}: a math prompt needs a 'gold' answer")
     if row["domain"] == "code" and not row.get("tests"):
@@ -115,6 +117,9 @@ def make_sample(
         "finish_reason": finish_reason,
         "num_tokens": int(num_tokens),
         "sampling_key": sampling_key,
+        # Flags for the scoring stage: cut at max_tokens, or nothing but whitespace.
+        "truncated": finish_reason == "length",
+        "empty": not text.strip(),
     }
 
 

@@ -126,6 +126,13 @@ class RunDir:
             raise StoreError(f"stage {name!r} has not finished in {self.root}: run `{how}` first")
         return _read_shards(folder, manifest, name)
 
+    def finished_summary(self, name: str, key: str) -> dict | None:
+        """The summary of stage `name` if it finished under `key`, else None (reads only: no lock)."""
+        manifest = _read_manifest(self.root / _check_name("stage", name, nested=True))
+        if manifest is None or manifest.get("key") != key or not manifest.get("finished"):
+            return None
+        return dict(manifest.get("summary") or {})
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         # One lock for the whole run: manifest updates are tiny, contention does not matter.
@@ -210,18 +217,31 @@ class Stage:
         recorded = shard in self._manifest()["shards"]
         return recorded and (self.dir / (shard + SHARD_SUFFIX)).is_file()
 
-    def write_shard(self, shard: str, rows: list[dict]) -> None:
-        """Write the rows of one shard (parquet, atomic), then record it in the manifest (atomic)."""
+    def write_shard(self, shard: str, rows: list[dict], info: dict | None = None) -> None:
+        """Write the rows of one shard (parquet, atomic), then record it in the manifest (atomic).
+
+        `info` (JSON-able) is kept with the shard's record: figures that a stage's summary
+        adds up over every shard, whichever process wrote it (see `shard_infos`).
+        """
         _check_name("shard", shard)
         if self.done():
             raise StoreError(f"stage {self.name!r} in {self.run.root} is finished: move its folder away to redo it")
         where = f"stage {self.name!r}, shard {shard!r}"
         _write_parquet(self.dir / (shard + SHARD_SUFFIX), rows, where)
-        self._update(lambda m: m["shards"].__setitem__(shard, {"rows": len(rows)}))
+        record = {"rows": len(rows), **(info or {})}
+        try:
+            json.dumps(record)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"{where}: the shard info must be JSON-able: {e}") from None
+        self._update(lambda m: m["shards"].__setitem__(shard, record))
 
     def shards(self) -> list[str]:
         """The recorded shard names, sorted (zero-pad numbers so that this is their order)."""
         return sorted(self._manifest()["shards"])
+
+    def shard_infos(self) -> dict[str, dict]:
+        """Each recorded shard's record: its row count and the `info` it was written with."""
+        return dict(self._manifest()["shards"])
 
     def read(self) -> list[dict]:
         """All rows of the recorded shards, in shard-name order."""

@@ -121,7 +121,7 @@ def check_shape(results, n: int, max_tokens: int, count: int) -> None:
 
 
 def test_unknown_backend_names_the_registered_ones() -> None:
-    with pytest.raises(ValueError, match=r"'nope' is not registered; choose one of \['hf', 'vllm'\]"):
+    with pytest.raises(ValueError, match=r"'nope' is not registered; choose one of \['hf', 'openai', 'vllm'\]"):
         get_sampler("nope", "some/model")
 
 
@@ -194,9 +194,9 @@ def test_vllm_too_long_prompt_does_not_fail_the_batch(vllm_run, caplog) -> None:
     params = GenParams(n=2, temperature=0, max_tokens=40)
     with caplog.at_level(logging.WARNING):
         results = sampler.generate([CONVERSATIONS[0], long_conversation(), fits_alone, CONVERSATIONS[1]], params)
-    assert [c.finish_reason for c in results[1]] == ["error", "error"]
+    assert [(c.finish_reason, c.error) for c in results[1]] == [("error", "prompt_too_long")] * 2
     assert [c.text for c in results[1]] == ["", ""]
-    assert [c.finish_reason for c in results[2]] == ["error", "error"]
+    assert [(c.finish_reason, c.error) for c in results[2]] == [("error", "prompt_too_long")] * 2
     assert sampler.stats["prompt_too_long"] - before == 2
     assert "vllm: 2 prompt(s) longer than max_model_len 128 minus max_tokens 40" in caplog.text
     assert [results[0], results[3]] == sampler.generate(CONVERSATIONS[:2], params)
@@ -225,18 +225,30 @@ def test_stop_strings_agree(vllm_run, hf_sampler) -> None:
     assert from_hf == from_vllm
 
 
+def test_vllm_seeds_are_per_prompt(vllm_run) -> None:
+    """A prompt's samples depend on its own seed only, not on its batch or position."""
+    sampler, _ = vllm_run
+    seeds = [11, 12, 13, 14]
+    batch = sampler.generate(CONVERSATIONS[:4], SAMPLED, seeds=seeds)
+    check_shape(batch, 3, 16, 4)
+    alone = sampler.generate([CONVERSATIONS[2]], SAMPLED, seeds=[13])
+    assert alone[0] == batch[2]
+    reordered = sampler.generate([CONVERSATIONS[3], CONVERSATIONS[0]], SAMPLED, seeds=[14, 11])
+    assert reordered == [batch[3], batch[0]]
+    assert sampler.generate([CONVERSATIONS[2]], SAMPLED, seeds=[99])[0] != batch[2]
+
+
 def test_vllm_engines_in_sequence_and_seeding(vllm_run, tiny_model: str) -> None:
-    """Runs last: closes the module engine, then a fresh engine with the same seed gives the
-    same first samples (reproducible per engine run), and another seed re-creates the engine."""
+    """Runs last: closes the module engine; a fresh engine gives the same samples for the
+    same seeds (nothing depends on what the engine did before), another seed others."""
     sampler, first = vllm_run
     sampler.close()
     with pytest.raises(ValueError, match=r"unknown vLLM option\(s\) \['not_an_option'\]"):
         get_sampler("vllm", tiny_model, not_an_option=1)
-    second = get_sampler("vllm", tiny_model, seed=0)
+    second = get_sampler("vllm", tiny_model, seed=5)
     try:
         assert second.generate(CONVERSATIONS[:4], SAMPLED) == first
         reseeded = second.generate(CONVERSATIONS[:4], GenParams(n=3, temperature=0.8, max_tokens=16, seed=7))
-        assert second.seed == 7
         check_shape(reseeded, 3, 16, 4)
         assert reseeded != first
     finally:

@@ -10,6 +10,7 @@ imports them when it is created.
 """
 
 from fusechat3.sampling import hf as _hf  # noqa: F401  (registers "hf")
+from fusechat3.sampling import openai as _openai  # noqa: F401  (registers "openai")
 from fusechat3.sampling import vllm as _vllm  # noqa: F401  (registers "vllm")
 from fusechat3.sampling.base import Completion, GenParams, Sampler, backends, get_sampler, register
 

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from fusechat3.schema import stable_hash
+
 logger = logging.getLogger(__name__)
 
 
@@ -75,6 +77,9 @@ class Completion:
     text: str
     finish_reason: str  # "stop" | "length" | "error" (schema.FINISH_REASONS)
     num_tokens: int  # generated tokens, the EOS / stop token included
+    # Why there is no response when finish_reason is "error": "prompt_too_long" (the prompt
+    # plus max_tokens exceeds the context) or "rejected" (a server refused the request).
+    error: str | None = None
 
 
 @runtime_checkable
@@ -83,15 +88,74 @@ class Sampler(Protocol):
 
     `generate` returns, for each conversation and in the same order, `params.n`
     completions. A conversation the model cannot answer (prompt too long for its
-    context) gets `n` completions with finish_reason "error", never an exception,
-    so one bad prompt does not fail a shard; backends count those in `stats`.
+    context) gets `n` completions with finish_reason "error" and the reason in
+    `Completion.error`, never an exception, so one bad prompt does not fail a shard;
+    backends count those in `stats`.
+
+    `seeds` (one per conversation) make each prompt's samples depend on its own seed
+    only, not on what it is batched with, where the backend can (vllm, openai); the
+    pipeline derives them from the recipe seed and the prompt_id, so a resumed or
+    re-sharded run samples the same responses. Without `seeds`, they are derived from
+    `params.seed` and the position in the call. `progress(k)` is called as k more
+    conversations are answered (for a progress bar).
     """
 
     stats: Counter
 
-    def generate(self, conversations: list[list[dict]], params: GenParams) -> list[list[Completion]]: ...
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        params: GenParams,
+        seeds: list[int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[Completion]]: ...
 
     def close(self) -> None: ...
+
+
+# Engine options that change how fast or where a model runs, not what it samples: they
+# stay out of the sampling key, so changing them (more GPUs, another server) resumes a
+# run instead of starting it over. Every other option (dtype, revision, max_model_len,
+# quantization, ...) is part of the key.
+SPEED_ONLY_OPTIONS = frozenset(
+    {
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "data_parallel_size",
+        "distributed_executor_backend",
+        "gpu_memory_utilization",
+        "swap_space",
+        "cpu_offload_gb",
+        "enable_prefix_caching",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "enforce_eager",
+        "disable_log_stats",
+        "base_url",
+        "api_key_env",
+        "max_concurrency",
+        "timeout_s",
+        "max_retries",
+        "device",
+    }
+)
+
+
+def sampling_key(recipe: Any, source: Any) -> str:
+    """What identifies one source's samples: model, revision and every output-changing
+    engine option, backend, sampling parameters (seed included) and chat template."""
+    backend, engine = recipe.sampler_for(source)
+    return stable_hash(
+        {
+            "model": source.model,
+            "revision": engine.get("revision"),
+            "engine": {k: v for k, v in engine.items() if k not in SPEED_ONLY_OPTIONS},
+            "backend": backend,
+            "sampling": dataclasses.asdict(source.sampling),
+            "chat_template": recipe.chat_template(source),
+        },
+        12,
+    )
 
 
 _BACKENDS: dict[str, Callable[..., Sampler]] = {}
@@ -122,24 +186,51 @@ def get_sampler(backend: str, model: str, **engine_kwargs: Any) -> Sampler:
     return _BACKENDS[backend](model, **engine_kwargs)
 
 
-def check_conversation(conversation: list[dict], index: int) -> None:
-    """A conversation is a non-empty chat list that ends with the user's turn."""
-    if not isinstance(conversation, list) or not conversation:
+def check_conversation(conversation: list[dict], index: int | str) -> None:
+    """A conversation is a non-empty chat list of {role, content} strings that ends with a
+    non-empty user turn; anything else is one error line naming `index`."""
+    if not isinstance(conversation, (list, tuple)) or not len(conversation):
         raise ValueError(f"conversation {index}: must be a non-empty list of {{role, content}} messages")
+    for k, m in enumerate(conversation):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f"conversation {index}: message {k} must be {{role: str, content: str}}, got {m!r:.80}")
     last = conversation[-1]
-    if not isinstance(last, dict) or last.get("role") != "user":
-        role = last.get("role") if isinstance(last, dict) else last
-        raise ValueError(f"conversation {index}: the last message must be the user's, got {role!r}")
+    if last["role"] != "user":
+        raise ValueError(f"conversation {index}: the last message must be the user's, got {last['role']!r}")
+    if not last["content"].strip():
+        raise ValueError(f"conversation {index}: the user message is empty; drop the prompt or give it text")
 
 
-def chat_prompt_ids(tokenizer: Any, conversation: list[dict]) -> list[int]:
-    """Token ids of `conversation` in the model's OWN chat template, ready for the reply.
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed from `parts` (stable across runs and machines; servers take int32)."""
+    return int(stable_hash(list(parts), 8), 16) & 0x7FFFFFFF
+
+
+def request_seeds(conversations: list, params: GenParams, seeds: list[int] | None) -> list[int]:
+    """The per-conversation seeds `generate` uses: the caller's, else from params.seed and the position."""
+    if seeds is None:
+        return [derive_seed(params.seed, i) for i in range(len(conversations))]
+    if len(seeds) != len(conversations):
+        raise ValueError(f"generate: {len(seeds)} seeds for {len(conversations)} conversations")
+    return list(seeds)
+
+
+def chat_prompt_ids(
+    tokenizer: Any, conversations: list[list[dict]], chat_template: str | None = None
+) -> list[list[int]]:
+    """Token ids of each conversation in the model's OWN chat template (or `chat_template`,
+    a Jinja template from the recipe), ready for the reply.
 
     Rendered to text first and then tokenized without special tokens, as vLLM's own
-    chat path does: the template already writes BOS where the model wants it.
+    chat path does: the template already writes BOS where the model wants it. One
+    batched call each (the fast tokenizer encodes a batch in parallel).
     """
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not conversations:
+        return []
+    texts = tokenizer.apply_chat_template(
+        [list(c) for c in conversations], tokenize=False, add_generation_prompt=True, chat_template=chat_template
+    )
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def samples_per_request(params: GenParams) -> int:
@@ -154,8 +245,8 @@ def repeat_greedy(completions: list[Completion], params: GenParams) -> list[Comp
     return [dataclasses.replace(completions[0]) for _ in range(params.n)]
 
 
-def error_completions(n: int) -> list[Completion]:
-    return [Completion(text="", finish_reason="error", num_tokens=0) for _ in range(n)]
+def error_completions(n: int, reason: str) -> list[Completion]:
+    return [Completion(text="", finish_reason="error", num_tokens=0, error=reason) for _ in range(n)]
 
 
 def split_too_long(

@@ -2,16 +2,18 @@
 
 For models or machines vLLM does not serve, and as the reference vLLM is checked
 against. Same `GenParams` meaning as the vLLM backend: `n` samples per prompt, greedy
-when temperature is 0, `torch.manual_seed(params.seed)` at the start of each call.
+when temperature is 0. transformers has no per-sequence seed, so one call is seeded as
+a whole (from the seeds of all its prompts): the same prompts in the same call give the
+same samples (a resumed shard is re-sampled identically), but a prompt's samples depend
+on the call it is in, unlike vLLM's per-request seeds.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from fusechat3.sampling.base import (
     Completion,
@@ -19,9 +21,11 @@ from fusechat3.sampling.base import (
     chat_prompt_ids,
     check_conversation,
     count_finishes,
+    derive_seed,
     error_completions,
     register,
     repeat_greedy,
+    request_seeds,
     samples_per_request,
     split_too_long,
 )
@@ -52,9 +56,9 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 @register("hf")
 class HFSampler:
-    """`get_sampler("hf", model, dtype=..., device=..., batch_size=..., max_model_len=...)`."""
+    """`get_sampler("hf", model, chat_template=None, dtype=..., device=..., batch_size=..., max_model_len=...)`."""
 
-    def __init__(self, model: str, **engine_kwargs: Any) -> None:
+    def __init__(self, model: str, chat_template: str | None = None, **engine_kwargs: Any) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -63,6 +67,7 @@ class HFSampler:
             raise ValueError(f"sampler.engine: unknown hf option(s) {unknown}; allowed: {sorted(_ENGINE_DEFAULTS)}")
         opts = {**_ENGINE_DEFAULTS, **engine_kwargs}
         self.model_name = model
+        self.chat_template = chat_template
         self.stats: Counter = Counter()
         self.batch_size = int(opts["batch_size"])
         device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,25 +85,32 @@ class HFSampler:
         self.model.generation_config = GenerationConfig(eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
         self.max_model_len = int(opts["max_model_len"] or self.model.config.max_position_embeddings)
 
-    def generate(self, conversations: list[list[dict]], params: GenParams) -> list[list[Completion]]:
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        params: GenParams,
+        seeds: list[int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[Completion]]:
         import torch
 
         if self.model is None:
             raise RuntimeError(f"hf sampler for {self.model_name} was closed; create a new one with get_sampler")
         for i, conversation in enumerate(conversations):
             check_conversation(conversation, i)
-        prompt_ids = [chat_prompt_ids(self.tokenizer, c) for c in conversations]
+        seeds = request_seeds(conversations, params, seeds)
+        prompt_ids = chat_prompt_ids(self.tokenizer, conversations, self.chat_template)
         fit = split_too_long(prompt_ids, params.max_tokens, self.max_model_len, self.stats, "hf")
-        results = [error_completions(params.n) for _ in conversations]
-        torch.manual_seed(params.seed)
-        with tqdm(total=len(fit), desc=f"hf {self.model_name}", unit="req", disable=not fit) as bar:
-            for start in range(0, len(fit), self.batch_size):
-                batch = fit[start : start + self.batch_size]
-                for i, completions in zip(
-                    batch, self._generate_batch([prompt_ids[i] for i in batch], params), strict=True
-                ):
-                    results[i] = completions
-                bar.update(len(batch))
+        results = [error_completions(params.n, "prompt_too_long") for _ in conversations]
+        if progress is not None and len(fit) < len(conversations):
+            progress(len(conversations) - len(fit))
+        torch.manual_seed(derive_seed(*seeds))
+        for start in range(0, len(fit), self.batch_size):
+            batch = fit[start : start + self.batch_size]
+            for i, completions in zip(batch, self._generate_batch([prompt_ids[i] for i in batch], params), strict=True):
+                results[i] = completions
+            if progress is not None:
+                progress(len(batch))
         count_finishes(results, self.stats)
         return results
 

@@ -1,19 +1,34 @@
 """The `prompts` and `sample` stages: build the prompt set, then sample N responses per
 prompt from each source, shard by shard, so that a killed run loses one shard at most.
 
-`sample` writes `runs/<name>/sample/<source>/<shard>.parquet`. `--shard i/n` lets n
-processes (or machines on a shared filesystem) split one source's shards; whichever
-writes the last shard marks the stage finished.
+`sample` writes `runs/<name>/sample/<source>/shard-NNNNN.parquet`: shard k holds the
+samples of prompts [k*shard_size, (k+1)*shard_size) of that source's prompts. The stage
+key covers the prompts, the source's sampling key and the shard size, so a shard file
+is only ever reused for exactly the same work. Each prompt is sampled with its own seed
+(from the recipe seed and its prompt_id): a resumed or re-split run samples the same
+responses as an uninterrupted one.
+
+`--source NAME` samples one source; `--shard i/n` takes the shards k with k % n == i,
+so n independent workers (a SLURM array, a Kubernetes indexed job) share one run
+directory; whichever writes the last shard finishes the stage. Prompts skipped by the
+backend (too long for the context, refused by a server) get no Sample rows: they are
+recorded with their prompt_id and reason in the shard's record and in the summary.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from fusechat3.recipe import as_dict, resolve_model
+from fusechat3.recipe import SourceSpec, as_dict, resolve_model
 from fusechat3.run import Run, log, print_summary
-from fusechat3.schema import make_sample, stable_hash
+from fusechat3.schema import RowError, check_prompt, make_sample
+
+if TYPE_CHECKING:
+    from fusechat3.sampling.base import Sampler
 
 
 def run_prompts(run: Run) -> None:
@@ -40,87 +55,172 @@ def shard_ranges(n_rows: int, shard_size: int) -> list[tuple[int, int]]:
     return [(i, min(i + shard_size, n_rows)) for i in range(0, n_rows, shard_size)]
 
 
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}"
+
+
 def run_sample(run: Run, source: str | None = None, shard: tuple[int, int] | None = None) -> None:
     """Sample every source (or one), every shard (or those with index % n == i)."""
-    from fusechat3.sampling import GenParams, get_sampler
+    recipe = run.recipe
+    specs = [recipe.source(source)] if source else list(recipe.sources)  # an unknown name: one line
+    prompts = run.read("prompts")
+    for spec in specs:
+        _sample_source(run, spec, prompts, shard)
+    write_summary(run)
+
+
+def _check_prompts(run: Run, rows: list[dict]) -> None:
+    """A broken prompts stage (hand-edited, from another version) is one line, before any model loads."""
+    where = f"{run.dir.root / 'prompts'}"
+    for i, row in enumerate(rows):
+        try:
+            check_prompt(row, where=f"{where}: row {i}, prompt")
+        except RowError as e:
+            raise RowError(f"{e} (fix the prompt builder's input, then re-run `fusechat3 prompts`)") from None
+
+
+def _sample_source(run: Run, spec: SourceSpec, prompts: list[dict], shard: tuple[int, int] | None) -> None:
+    from tqdm.auto import tqdm
+
+    from fusechat3.sampling import get_sampler
+    from fusechat3.sampling.base import sampling_key
 
     recipe = run.recipe
-    prompts = run.read("prompts")
-    names = [source] if source else [s.name for s in recipe.sources]
-    for name in names:
-        spec = recipe.source(name)
-        stage = run.stage(f"sample/{name}")
-        if stage.done():
-            log(f"sample/{name}: done already")
-            continue
-        t0 = time.time()
-        wanted = [p for p in prompts if spec.domains is None or p["domain"] in spec.domains]
-        ranges = shard_ranges(len(wanted), recipe.sampler.shard_size)
-        todo = [
-            (k, lo, hi)
-            for k, (lo, hi) in enumerate(ranges)
-            if (shard is None or k % shard[1] == shard[0]) and not stage.has_shard(f"shard-{k:05d}")
-        ]
+    name = spec.name
+    stage = run.stage(f"sample/{name}")
+    if stage.done():
+        log(f"sample/{name}: done already")
+        return
+    wanted = [p for p in prompts if spec.domains is None or p["domain"] in spec.domains]
+    ranges = shard_ranges(len(wanted), recipe.sampler.shard_size)
+    todo = [
+        (k, lo, hi)
+        for k, (lo, hi) in enumerate(ranges)
+        if (shard is None or k % shard[1] == shard[0]) and not stage.has_shard(shard_name(k))
+    ]
+    if todo:
+        _check_prompts(run, [p for _, lo, hi in todo for p in wanted[lo:hi]])
+        key = sampling_key(recipe, spec)
         base = {k: v for k, v in as_dict(spec.sampling).items() if k != "n_per_domain"}
-        sampling_key = stable_hash({"model": spec.model, "sampling": as_dict(spec.sampling)}, 12)
-        stats: Counter = Counter()
-        if todo:
-            log(f"sample/{name}: {len(todo)} of {len(ranges)} shards to do ({len(wanted)} prompts)")
-            sampler = get_sampler(
-                recipe.sampler.backend, resolve_model(spec.model), seed=spec.sampling.seed, **recipe.sampler.engine
-            )
-            try:
-                for k, lo, hi in todo:
-                    chunk = wanted[lo:hi]
-                    rows: list[dict] = []
-                    # One request per group of prompts that want the same n (n depends on the domain).
-                    for n in sorted({spec.sampling.n_for(p["domain"]) for p in chunk}):
-                        group = [p for p in chunk if spec.sampling.n_for(p["domain"]) == n]
-                        params = GenParams(**{**base, "n": n})
-                        outs = sampler.generate([p["messages"] for p in group], params)
-                        for p, comps in zip(group, outs, strict=True):
-                            for idx, c in enumerate(comps):
-                                rows.append(
-                                    make_sample(
-                                        prompt_id=p["prompt_id"],
-                                        model=name,
-                                        sample_idx=idx,
-                                        text=c.text,
-                                        finish_reason=c.finish_reason,
-                                        num_tokens=c.num_tokens,
-                                        sampling_key=sampling_key,
-                                    )
-                                )
-                    rows.sort(key=lambda r: (r["prompt_id"], r["sample_idx"]))
-                    stage.write_shard(f"shard-{k:05d}", rows)
-                stats.update(getattr(sampler, "stats", {}))
-            finally:
-                sampler.close()
-        if all(stage.has_shard(f"shard-{k:05d}") for k in range(len(ranges))):
-            rows = stage.read()
-            finish = Counter(r["finish_reason"] for r in rows)
-            tokens = sum(r["num_tokens"] for r in rows)
-            secs = time.time() - t0
-            stage.finish(
-                {
-                    "prompts": len(wanted),
-                    "rows_out": len(rows),
-                    "finish_reason": dict(finish),
-                    "tokens": tokens,
-                    "backend_stats": {k: int(v) for k, v in stats.items()},
-                    "seconds": round(secs, 1),
+        backend, engine = recipe.sampler_for(spec)
+        total = sum(hi - lo for _, lo, hi in todo)
+        log(f"sample/{name}: {len(todo)} of {len(ranges)} shards to do ({total} of {len(wanted)} prompts), {backend}")
+        sampler = get_sampler(backend, resolve_model(spec.model), chat_template=recipe.chat_template(spec), **engine)
+        tokens = 0
+        t0 = time.time()
+        bar = tqdm(total=total, desc=f"sample/{name}", unit="prompt", dynamic_ncols=True)
+        try:
+            for k, lo, hi in todo:
+                t_shard = time.time()
+                rows, skipped = _sample_shard(sampler, spec, wanted[lo:hi], base, key, bar.update)
+                shard_tokens = sum(r["num_tokens"] for r in rows)
+                info = {
+                    "prompts": hi - lo,
+                    "tokens": shard_tokens,
+                    "seconds": round(time.time() - t_shard, 3),
+                    "skipped": skipped,
                 }
-            )
-            print_summary(
-                f"sample/{name}",
-                [
-                    ("prompts", len(wanted)),
-                    ("responses", len(rows)),
-                    *((f"finish: {k}", v) for k, v in sorted(finish.items())),
-                    ("generated tokens", tokens),
-                    ("tokens/s (this run)", f"{tokens / max(secs, 1e-9):.0f}" if todo else "-"),
-                ],
-                secs,
-            )
-        else:
-            log(f"sample/{name}: this process's shards are written; others are still missing")
+                stage.write_shard(shard_name(k), rows, info)
+                tokens += shard_tokens
+                bar.set_postfix_str(f"{tokens / max(time.time() - t0, 1e-9):.0f} tok/s", refresh=True)
+        finally:
+            bar.close()
+            sampler.close()
+    if all(stage.has_shard(shard_name(k)) for k in range(len(ranges))):
+        summary = _source_summary(stage.shard_infos(), len(wanted))
+        stage.finish(summary)
+        print_summary(
+            f"sample/{name}",
+            [
+                ("prompts", summary["prompts"]),
+                ("samples", summary["samples"]),
+                ("generated tokens", summary["tokens"]),
+                ("tokens/s", summary["tokens_per_s"]),
+                *((f"skipped: {why}", n) for why, n in sorted(summary["skipped"].items())),
+            ],
+            summary["seconds"],
+        )
+    else:
+        log(f"sample/{name}: this process's shards are written; others are still missing")
+
+
+def _sample_shard(
+    sampler: Sampler, spec: SourceSpec, chunk: list[dict], base: dict, key: str, progress: Callable[[int], None]
+) -> tuple[list[dict], dict[str, str]]:
+    """One shard's Sample rows, and {prompt_id: reason} for the prompts the backend skipped."""
+    from fusechat3.sampling.base import GenParams, derive_seed
+
+    rows: list[dict] = []
+    skipped: dict[str, str] = {}
+    # One call per group of prompts that want the same n (n depends on the domain).
+    for n in sorted({spec.sampling.n_for(p["domain"]) for p in chunk}):
+        group = [p for p in chunk if spec.sampling.n_for(p["domain"]) == n]
+        outs = sampler.generate(
+            [p["messages"] for p in group],
+            GenParams(**{**base, "n": n}),
+            seeds=[derive_seed(spec.sampling.seed, p["prompt_id"]) for p in group],
+            progress=progress,
+        )
+        # strict: a backend returning fewer or more results than prompts is a bug, never a shift.
+        for p, comps in zip(group, outs, strict=True):
+            if len(comps) != n:
+                raise RuntimeError(f"sampler returned {len(comps)} samples for prompt {p['prompt_id']}, wanted {n}")
+            if all(c.finish_reason == "error" for c in comps):
+                skipped[p["prompt_id"]] = comps[0].error or "error"
+                continue
+            for idx, c in enumerate(comps):
+                rows.append(
+                    make_sample(
+                        prompt_id=p["prompt_id"],
+                        model=spec.name,
+                        sample_idx=idx,
+                        text=c.text,
+                        finish_reason=c.finish_reason,
+                        num_tokens=c.num_tokens,
+                        sampling_key=key,
+                    )
+                )
+    rows.sort(key=lambda r: (r["prompt_id"], r["sample_idx"]))
+    return rows, skipped
+
+
+def _source_summary(infos: dict[str, dict], n_prompts: int) -> dict:
+    """One source's figures, added up over every shard (whichever worker wrote it)."""
+    skipped: Counter = Counter()
+    skipped_ids: dict[str, list[str]] = {}
+    for shard in sorted(infos):
+        for pid, why in sorted(infos[shard].get("skipped", {}).items()):
+            skipped[why] += 1
+            skipped_ids.setdefault(why, []).append(pid)
+    tokens = sum(i.get("tokens", 0) for i in infos.values())
+    seconds = sum(i.get("seconds", 0.0) for i in infos.values())
+    return {
+        "prompts": n_prompts,
+        "samples": sum(i["rows"] for i in infos.values()),
+        "tokens": tokens,
+        # Shard seconds summed over workers: the throughput of one worker.
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        "skipped": dict(skipped),
+        "skipped_prompt_ids": skipped_ids,
+    }
+
+
+def write_summary(run: Run) -> dict:
+    """`runs/<name>/sample/summary.json`: every finished source's summary, one table.
+
+    Written under the run's lock, from the manifests, so concurrent workers finishing
+    different sources each leave a complete file."""
+    from fusechat3.store import atomic_write
+
+    out: dict[str, dict] = {}
+    with run.dir._locked():
+        for spec in run.recipe.sources:
+            name = f"sample/{spec.name}"
+            summary = run.dir.finished_summary(name, run.key(name))
+            out[spec.name] = {"finished": False} if summary is None else summary
+        path = run.dir.root / "sample" / "summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(out, indent=2, sort_keys=True).encode()
+        atomic_write(path, lambda f: f.write(text))
+    return out

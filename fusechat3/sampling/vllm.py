@@ -1,15 +1,13 @@
-"""The "vllm" sampling backend (the default): an in-process `vllm.LLM`.
+"""The "vllm" sampling backend (the default): an in-process offline `vllm.LLM`.
 
-Each model is prompted with its own chat template (rendered here, passed to vLLM as
-token ids, so that the prompt-length check and the prompt the model sees agree).
+Each model is prompted with its own chat template, or the recipe's template file
+(rendered here, passed to vLLM as token ids, so that the prompt-length check and the
+prompt the model sees agree).
 
-Seeding: vLLM on CPU crashes on a per-request `SamplingParams(seed=...)` ("CPU
-Generator does not use offset"), so the seed goes on the engine, `LLM(seed=...)`.
-Sampling is therefore reproducible per engine run: a fresh engine with the same seed,
-fed the same calls in the same order, gives the same samples; a second call on the
-same engine continues the random stream. A `GenParams.seed` different from the
-engine's re-creates the engine with that seed (pass `seed=` to `get_sampler` to avoid
-the reload).
+Seeding: every request carries its own seed (`SamplingParams(seed=...)`), derived by
+the caller from the recipe seed and the prompt_id, so a prompt's samples do not depend
+on the batch it is in, on the shard split, or on what the engine did before: a resumed
+run samples exactly what an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ import inspect
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from fusechat3.sampling.base import (
@@ -31,6 +30,7 @@ from fusechat3.sampling.base import (
     error_completions,
     register,
     repeat_greedy,
+    request_seeds,
     samples_per_request,
     split_too_long,
 )
@@ -53,7 +53,10 @@ def _cpu_defaults(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
     # Read by vLLM at import / engine start, so they must be set before `import vllm`.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: close() frees it
-    return {"dtype": "float32", "enforce_eager": True, **engine_kwargs}
+    # No chunked prefill: vLLM rewinds a seeded request's generator when it samples for a
+    # partly prefilled prompt, and CPU generators cannot rewind ("CPU Generator does not
+    # use offset"); every request here carries a seed.
+    return {"dtype": "float32", "enforce_eager": True, "enable_chunked_prefill": False, **engine_kwargs}
 
 
 def _check_engine_kwargs(engine_kwargs: dict[str, Any]) -> None:
@@ -68,11 +71,12 @@ def _check_engine_kwargs(engine_kwargs: dict[str, Any]) -> None:
         raise ValueError(f"sampler.engine: unknown vLLM option(s) {unknown}; use vllm.LLM / EngineArgs argument names")
 
 
-def _sampling_params(params: GenParams) -> Any:
+def _sampling_params(params: GenParams, seed: int) -> Any:
     from vllm import SamplingParams
 
     return SamplingParams(
         n=samples_per_request(params),
+        seed=None if params.greedy else seed,
         temperature=params.temperature,
         # Greedy ignores the filters; vLLM wants them neutral then.
         top_p=1.0 if params.greedy else params.top_p,
@@ -83,46 +87,71 @@ def _sampling_params(params: GenParams) -> Any:
     )
 
 
+def _progress_bar(progress: Callable[[int], None] | None) -> Any:
+    """vLLM's `use_tqdm`: no bar of its own (the stage shows one per source), but each
+    finished request (vLLM calls `update` once per prompt) is passed to `progress`."""
+    if progress is None:
+        return False
+    from tqdm.auto import tqdm
+
+    class _Forward(tqdm):
+        def update(self, n: float | None = 1) -> bool | None:
+            progress(1)
+            return super().update(n)
+
+    class _Nowhere:  # a live tqdm (vLLM reads its elapsed time) that prints nothing
+        def write(self, _: str) -> None:
+            pass
+
+        def flush(self) -> None:
+            pass
+
+    def make(*iterable: Any, **kw: Any) -> tqdm:
+        # vLLM also wraps its prompt-rendering loop (an iterable) in a bar: not forwarded.
+        return (tqdm if iterable else _Forward)(*iterable, file=_Nowhere(), **kw)
+
+    return make
+
+
 @register("vllm")
 class VllmSampler:
-    """`get_sampler("vllm", model, **engine_kwargs)`; engine_kwargs go to `vllm.LLM(...)`."""
+    """`get_sampler("vllm", model, chat_template=None, **engine_kwargs)`; engine_kwargs go to `vllm.LLM(...)`."""
 
-    def __init__(self, model: str, **engine_kwargs: Any) -> None:
+    def __init__(self, model: str, chat_template: str | None = None, **engine_kwargs: Any) -> None:
         self.model = model
+        self.chat_template = chat_template
         self.stats: Counter = Counter()
         self.engine_kwargs = _cpu_defaults(dict(engine_kwargs))
         _check_engine_kwargs(self.engine_kwargs)
         self.seed: int = self.engine_kwargs.pop("seed", 0)
-        self.llm: Any = None
-        self._start()
-
-    def _start(self) -> None:
         from vllm import LLM
 
-        self.llm = LLM(model=self.model, seed=self.seed, **self.engine_kwargs)
+        self.llm: Any = LLM(model=self.model, seed=self.seed, **self.engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
 
-    def generate(self, conversations: list[list[dict]], params: GenParams) -> list[list[Completion]]:
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        params: GenParams,
+        seeds: list[int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[Completion]]:
         if self.llm is None:
             raise RuntimeError(f"vllm sampler for {self.model} was closed; create a new one with get_sampler")
         for i, conversation in enumerate(conversations):
             check_conversation(conversation, i)
-        if params.seed != self.seed:
-            logger.warning(
-                "vllm: re-creating the engine for %s with seed %d (vLLM seeds per engine)", self.model, params.seed
-            )
-            self.close()
-            self.seed = params.seed
-            self._start()
-        prompt_ids = [chat_prompt_ids(self.tokenizer, c) for c in conversations]
+        seeds = request_seeds(conversations, params, seeds)
+        prompt_ids = chat_prompt_ids(self.tokenizer, conversations, self.chat_template)
         fit = split_too_long(prompt_ids, params.max_tokens, self.max_model_len, self.stats, "vllm")
-        results = [error_completions(params.n) for _ in conversations]
+        results = [error_completions(params.n, "prompt_too_long") for _ in conversations]
+        if progress is not None and len(fit) < len(conversations):
+            progress(len(conversations) - len(fit))
         if fit:
             outputs = self.llm.generate(
                 [{"prompt_token_ids": prompt_ids[i]} for i in fit],
-                _sampling_params(params),
-                use_tqdm=True,  # vLLM's bar shows requests/s and token throughput
+                [_sampling_params(params, seeds[i]) for i in fit],
+                use_tqdm=_progress_bar(progress),
             )
             for i, out in zip(fit, outputs, strict=True):
                 completions = [
@@ -130,6 +159,7 @@ class VllmSampler:
                         text=o.text,
                         finish_reason=_FINISH.get(o.finish_reason, "error"),
                         num_tokens=len(o.token_ids),
+                        error=None if o.finish_reason in _FINISH else f"vllm finish_reason {o.finish_reason!r}",
                     )
                     for o in sorted(out.outputs, key=lambda o: o.index)
                 ]

@@ -1,0 +1,86 @@
+"""Prompt builder for your own prompts: any file, folder or Hub dataset that
+`datasets.load_dataset` reads, with one conversation (or one prompt string) per row.
+
+    prompts:
+      - builder: chat
+        args: {path: data/my_prompts.jsonl, domain: instruction}
+      - builder: chat
+        args: {path: org/dataset, split: train, messages_field: prompt, domain: math, gold_field: answer}
+
+`messages_field` holds either a chat list of {role, content} (the conversation so far,
+ending with the user's turn) or a plain string (the user's message). A missing column
+or a malformed row is one error line naming the file, the row and the column; nothing
+is dropped silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fusechat3.schema import RowError, make_prompt
+
+# File suffix -> the `datasets` loader that reads it.
+_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+
+def _load(path: str, split: str):
+    import datasets
+
+    datasets.disable_progress_bars()
+    local = Path(path).expanduser()
+    try:
+        if local.is_file():
+            loader = _LOADERS.get(local.suffix)
+            if loader is None:
+                raise ValueError(f"chat builder: {path}: unknown file type {local.suffix!r}; use {sorted(_LOADERS)}")
+            return datasets.load_dataset(loader, data_files=str(local), split="train")
+        return datasets.load_dataset(str(local) if local.is_dir() else path, split=split)
+    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as e:
+        raise ValueError(f"chat builder: cannot load {path!r} ({str(e).splitlines()[0]})") from None
+
+
+def _conversation(value: object, where: str) -> list[dict]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
+        return [{"role": m.get("role"), "content": m.get("content")} for m in value]
+    raise ValueError(f"{where}: must be a chat list of {{role, content}} or a string, got {type(value).__name__}")
+
+
+def build(
+    path: str,
+    domain: str = "instruction",
+    split: str = "train",
+    messages_field: str = "messages",
+    gold_field: str | None = None,
+    tests_field: str | None = None,
+    limit: int | None = None,
+) -> list[dict]:
+    ds = _load(path, split)
+    wanted = [f for f in (messages_field, gold_field, tests_field) if f]
+    missing = [f for f in wanted if f not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"chat builder: {path}: no column(s) {missing} (found: {ds.column_names}); "
+            "name the right ones with args messages_field / gold_field / tests_field"
+        )
+    rows = []
+    for i, row in enumerate(ds):
+        if limit is not None and i >= limit:
+            break
+        where = f"chat builder: {path}: row {i}, column {messages_field!r}"
+        messages = _conversation(row[messages_field], where)
+        try:
+            rows.append(
+                make_prompt(
+                    domain=domain,
+                    source_dataset=str(path),
+                    messages=messages,
+                    gold=None if gold_field is None else str(row[gold_field]),
+                    tests=None if tests_field is None else list(row[tests_field] or []),
+                    meta={"row": i},
+                )
+            )
+        except (RowError, TypeError, KeyError) as e:
+            raise ValueError(f"chat builder: {path}: row {i}: {e}") from None
+    return rows
