@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 from fusechat3.recipe import Recipe, as_dict, recipe_hash
 from fusechat3.store import RunDir, Stage
@@ -39,7 +40,8 @@ class Run:
         r = self.recipe
         top, _, sub = name.partition("/")
         if top == "prompts":
-            return recipe_hash({"prompts": as_dict(r.prompts), "seed": r.seed})
+            files = [_local_files(spec.args) for spec in r.prompts]
+            return recipe_hash({"prompts": as_dict(r.prompts), "seed": r.seed, "files": files})
         if top == "sample":
             from fusechat3.sampling.base import sampling_key
 
@@ -68,11 +70,20 @@ class Run:
                 {
                     "eval": as_dict(r.eval),
                     "model": self.model_key(sub),
-                    "sampler": {"backend": r.sampler.backend, "engine": r.sampler.engine},
+                    "sampler": self._eval_sampler(sub),
                     "code": as_dict(r.scoring.code),
                 }
             )
         raise KeyError(f"unknown stage {name!r}")
+
+    def _eval_sampler(self, name: str) -> dict:
+        """How model `name` is run for evaluation: a source as it is sampled, the rest with `sampler`."""
+        r = self.recipe
+        src = next((s for s in r.sources if s.name == name), None)
+        if src is None:
+            return {"backend": r.sampler.backend, "engine": r.sampler.engine}
+        backend, engine = r.sampler_for(src)
+        return {"backend": backend, "engine": engine, "chat_template": r.chat_template(src)}
 
     # ------------------------------------------------------------------ models
 
@@ -87,6 +98,21 @@ class Run:
         if name.startswith("target_single_"):
             return self.key(f"controls/{name.removeprefix('target_single_')}")
         return self.recipe.source(name).model
+
+
+def _local_files(args: dict) -> list:
+    """(path, size, mtime) of the local files a builder's arguments name: an edited prompts
+    file changes the prompts stage's key, so it is rebuilt instead of silently reused."""
+    out = []
+    for value in args.values():
+        if not isinstance(value, str) or not value or "\n" in value:
+            continue
+        path = Path(value).expanduser()
+        if not path.exists():
+            continue  # a Hub id or a name
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        out += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return out
 
 
 def print_summary(title: str, rows: list[tuple[str, object]], seconds: float | None = None) -> None:

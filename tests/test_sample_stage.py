@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -217,6 +218,15 @@ def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     recipe = _recipe_file(tmp_path, "vllm", 3)
     line = _one_line_error(_cli("sample", str(recipe), "--source", "mn"))
     assert "no source named 'mn' (choose from: mm)" in line
+
+    assert _cli("prompts", str(recipe)).returncode == 0
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    line = _one_line_error(
+        _cli("sample", str(recipe), "--set", "sources.0.backend=openai", "--set", f"sources.0.engine.base_url={url}")
+    )
+    assert f"cannot reach {url}" in line
 
     (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n")
     line = _one_line_error(_cli("prompts", str(recipe)))

@@ -73,7 +73,11 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
         if not stage.done():
             t0 = time.time()
             log(f"eval: {name} on {len(prompts)} held-out prompts")
-            sampler = get_sampler(recipe.sampler.backend, path, seed=sp.seed, **recipe.sampler.engine)
+            # A source is evaluated the way it is sampled (its own backend, engine, template).
+            src = next((s for s in recipe.sources if s.name == name), None)
+            backend, engine = recipe.sampler_for(src) if src else (recipe.sampler.backend, recipe.sampler.engine)
+            template = recipe.chat_template(src) if src else None
+            sampler = get_sampler(backend, path, chat_template=template, **engine)
             try:
                 outs = sampler.generate([p["messages"] for p in prompts], params)
             finally:
