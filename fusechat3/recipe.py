@@ -73,7 +73,7 @@ class SamplingSpec:
     top_k: int = -1  # keep the k most likely tokens; -1 (or 0) turns it off
     repetition_penalty: float = 1.0  # > 1 discourages repeats (the paper uses 1.05 for Qwen)
     max_tokens: int = 2048  # longest response, in tokens
-    seed: int = 0  # sampling seed (set on the engine: per-request seeds crash vLLM on CPU)
+    seed: int = 0  # base seed: each prompt is sampled with a seed derived from it and its prompt_id
     stop: list[str] = field(default_factory=list)  # extra stop strings besides the chat template's end token
 
     def n_for(self, domain: str) -> int:

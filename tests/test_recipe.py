@@ -315,3 +315,49 @@ def test_importing_recipe_and_store_stays_light():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_per_source_backend_engine_and_chat_template(tmp_path):
+    from fusechat3.sampling.base import sampling_key
+
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "t.jinja").write_text("{{ messages[0]['content'] }}")
+    path = write(tmp_path, MINIMAL)
+    overrides = [
+        "sampler.engine={max_model_len: 4096, dtype: bfloat16}",
+        "sources.1.backend=openai",
+        "sources.1.engine={base_url: 'http://h:8000/v1', max_model_len: 2048}",
+        "sources.1.chat_template=templates/t.jinja",
+    ]
+    r = load_recipe(path, overrides)
+    alpha, beta = r.sources
+    assert r.sampler_for(alpha) == ("vllm", {"max_model_len": 4096, "dtype": "bfloat16"})
+    assert r.sampler_for(beta) == (
+        "openai",
+        {"max_model_len": 2048, "dtype": "bfloat16", "base_url": "http://h:8000/v1"},
+    )
+    # The template file is found next to the recipe, wherever the command runs.
+    assert r.chat_template(beta) == "{{ messages[0]['content'] }}" and r.chat_template(alpha) is None
+
+    def key(extra=()):
+        rr = load_recipe(path, [*overrides, *extra])
+        return sampling_key(rr, rr.sources[1])
+
+    base = key()
+    # Settings that change what is sampled change the key ...
+    assert key(["sources.1.sampling.seed=1"]) != base
+    assert key(["sources.1.engine.revision=abc"]) != base
+    assert key(["sampler.engine.dtype=float32"]) != base
+    (tmp_path / "templates" / "t.jinja").write_text("{{ messages[-1]['content'] }}")
+    assert key() != base
+    (tmp_path / "templates" / "t.jinja").write_text("{{ messages[0]['content'] }}")
+    assert key() == base
+    # ... settings that only change speed or place do not: such a run resumes.
+    assert key(["sources.1.engine.max_concurrency=128", "sources.1.engine.base_url=http://other:1/v1"]) == base
+    assert key(["sampler.engine.tensor_parallel_size=8", "sampler.engine.gpu_memory_utilization=0.5"]) == base
+
+
+def test_missing_chat_template_fails_at_load(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    message = error_of(path, ["sources.0.chat_template=nope.jinja"])
+    assert "sources[0].chat_template" in message and str(tmp_path / "nope.jinja") in message

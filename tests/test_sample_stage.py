@@ -180,7 +180,7 @@ def test_sigkill_at_any_point_resumes_to_the_same_rows_vllm(tmp_path: Path) -> N
 # --- --shard i/n workers ----------------------------------------------------------------
 
 
-def test_shard_workers_add_up_to_one_dataset(tmp_path: Path) -> None:
+def test_shard_workers_add_up_to_one_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from fusechat3.pipeline import stage_fn
     from fusechat3.sampling.stage import run_sample
 
@@ -200,6 +200,9 @@ def test_shard_workers_add_up_to_one_dataset(tmp_path: Path) -> None:
         assert written == {k for k in range(5) if k % 3 in workers_done}
     assert split.stage("sample/mm").done()
     assert _rows(split) == _rows(whole)
+    out = capsys.readouterr()
+    assert "sample/mm" in out.err and "prompt" in out.err and "tok/s" in out.err  # the progress bar
+    assert "generated tokens" in out.out and "tokens/s" in out.out  # the summary table
     summary = json.loads((split.dir.root / "sample" / "summary.json").read_text())["mm"]
     assert summary["samples"] == 20 and summary["prompts"] == 10 and summary["tokens_per_s"] > 0
 

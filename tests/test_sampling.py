@@ -162,6 +162,23 @@ def test_hf_too_long_prompt_and_bad_option(hf_sampler, tiny_model: str) -> None:
         get_sampler("hf", tiny_model, tensor_parallel_size=2)
 
 
+def test_hf_chat_template_from_the_recipe(hf_sampler, tiny_model: str) -> None:
+    from fusechat3.sampling.base import chat_prompt_ids
+
+    other = (
+        "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
+    ids = chat_prompt_ids(hf_sampler.tokenizer, CONVERSATIONS[:1], other)[0]
+    assert hf_sampler.tokenizer.decode(ids) == "<s>[user] hello world\n[assistant] "
+    templated = get_sampler("hf", tiny_model, chat_template=other)
+    try:
+        with_other = templated.generate(CONVERSATIONS, GREEDY)
+    finally:
+        templated.close()
+    assert with_other != hf_sampler.generate(CONVERSATIONS, GREEDY)
+
+
 def test_conversation_must_end_with_user(hf_sampler) -> None:
     bad = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     with pytest.raises(ValueError, match="conversation 1: the last message must be the user's, got 'assistant'"):
