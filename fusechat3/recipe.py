@@ -142,16 +142,23 @@ class RewardSpec:
     """The reward model that scores every response."""
 
     model: str  # a ...ForSequenceClassification model: local path, Hub id or "toyworld:<asset>"
-    batch_size: int = 16  # responses per forward pass
-    max_length: int = 4096  # longer prompt+response pairs are truncated from the left of the prompt
+    batch_size: int = 16  # most responses per forward pass
+    max_tokens_per_batch: int | None = 16384  # most padded tokens (rows x longest) per forward pass; null: no budget
+    max_length: int = 4096  # longer prompt+response pairs are not truncated: reward null, "too_long"
     dtype: str | None = None  # torch dtype name (bfloat16, float32, ...); null: the model's own
     trust_remote_code: bool = False  # needed by reward models with custom code (e.g. ArmoRM)
+    backend: str = "transformers"  # or "vllm": vLLM's pooling runner, for architectures vLLM supports
+    revision: str | None = None  # a Hub revision (branch, tag or commit) of the reward model
 
     def _validate(self, where: str) -> None:
         if not self.model:
             raise _fail(_key(where, "model"), "must be a local path, a Hub id or 'toyworld:<asset>', got ''")
         _check_min(where, "batch_size", self.batch_size, 1)
         _check_min(where, "max_length", self.max_length, 1)
+        if self.max_tokens_per_batch is not None:
+            _check_min(where, "max_tokens_per_batch", self.max_tokens_per_batch, 1)
+        if self.backend not in ("transformers", "vllm"):
+            raise _fail(_key(where, "backend"), f"must be 'transformers' or 'vllm', got {self.backend!r}")
 
 
 @dataclass

@@ -131,9 +131,12 @@ def make_score(
     reward: float | None,
     correct: bool | None,
     verdict: str,
+    reward_status: str = "ok",
+    truncated: bool = False,
+    empty: bool = False,
 ) -> dict:
     if reward is not None and not math.isfinite(float(reward)):
-        reward = None  # non-finite rewards are stored as null and counted by the builders
+        reward, reward_status = None, "non_finite"  # stored as null and counted by the builders
     return {
         "prompt_id": prompt_id,
         "model": model,
@@ -141,6 +144,11 @@ def make_score(
         "reward": None if reward is None else float(reward),
         "correct": correct,
         "verdict": verdict,
+        # Why `reward` is null ("too_long", "non_finite", "error", ...), or "ok".
+        "reward_status": reward_status if reward is None else "ok",
+        # The sampling stage's flags, carried over: scored, but the building rules drop them.
+        "truncated": bool(truncated),
+        "empty": bool(empty),
     }
 
 

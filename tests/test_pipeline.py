@@ -71,14 +71,31 @@ def test_every_stage_wrote_its_outputs(finished_run):
     by_id = {p["prompt_id"]: p for p in prompts}
     verdicts = Counter((by_id[s["prompt_id"]]["domain"], s["verdict"]) for s in scores)
     assert verdicts[("math", "passed")] > 0 and verdicts[("code", "passed")] > 0
-    # Every finished, non-empty response has a reward; sampling flagged the rest.
+    # Summaries: per source, in the stage manifests and in summary.json files.
+    sample_summary = json.loads((Path(run.dir.root) / "sample" / "summary.json").read_text())
+    assert sample_summary["qwen2-code"]["samples"] == 24 * 2 + 4
+    score_summary = json.loads((Path(run.dir.root) / "score" / "summary.json").read_text())
+    assert set(score_summary) == {"mistral-math", "qwen2-code", "gpt2-chat", "all"}
+    for name in ("mistral-math", "qwen2-code", "gpt2-chat"):
+        figures = score_summary[name]
+        assert figures["responses"] == len(samples[name])
+        assert 0 <= figures["math_pass_rate"] <= 1 and 0 <= figures["code_pass_rate"] <= 1
+        assert (
+            figures["reward_quantiles"]["p10"]
+            <= figures["reward_quantiles"]["p50"]
+            <= figures["reward_quantiles"]["p90"]
+        )
+    # mistral-math is the math specialist: its pass rate is the best there.
+    assert score_summary["mistral-math"]["math_pass_rate"] > score_summary["gpt2-chat"]["math_pass_rate"]
+    # Every response that exists has a reward (truncated and empty ones included: flagged).
     by_key = {(r["prompt_id"], r["model"], r["sample_idx"]): r for rows in samples.values() for r in rows}
     for s in scores:
         sample = by_key[(s["prompt_id"], s["model"], s["sample_idx"])]
         assert sample["truncated"] == (sample["finish_reason"] == "length")
         assert sample["empty"] == (not sample["text"].strip())
-        if sample["finish_reason"] == "stop" and not sample["empty"]:
-            assert s["reward"] is not None
+        assert (s["truncated"], s["empty"]) == (sample["truncated"], sample["empty"])
+        if sample["finish_reason"] != "error":
+            assert s["reward"] is not None and s["reward_status"] == "ok"
 
 
 def test_built_sets_follow_the_rules(finished_run):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fusechat3.scoring import code as sandbox
-from fusechat3.scoring.code import FILE_SIZE_LIMIT, extract_code, run_tests, run_tests_many
+from fusechat3.scoring.code import FILE_SIZE_LIMIT, extract_code, pool_size, run_tests, run_tests_many, undefined_names
 
 ADD = "def add(a, b):\n    return a + b\n"
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
@@ -44,6 +44,14 @@ def test_extract_code_untagged_block_indented_fence_and_unclosed_fence() -> None
     assert extract_code("```python\ndef g(x):\n    return x\n") == "def g(x):\n    return x\n"
 
 
+def test_extract_code_skips_a_later_block_that_only_uses_the_program() -> None:
+    text = "```python\ndef f(x):\n    return x + 1\n```\nTests:\n```python\nassert f(1) == 2\nprint(f(2))\n```"
+    assert extract_code(text) == "def f(x):\n    return x + 1\n"
+    # A class counts as a definition; with no defining block, the last block is the program as before.
+    assert extract_code("```python\nclass A:\n    pass\n```\n```python\nA()\n```") == "class A:\n    pass\n"
+    assert extract_code("```python\nprint(1)\n```\n```python\nprint(2)\n```") == "print(2)\n"
+
+
 def test_extract_code_whole_text_or_none() -> None:
     assert extract_code(ADD) == ADD
     assert extract_code("x = 1\nprint(x)\n") is None  # Python, but no function
@@ -69,8 +77,13 @@ def test_extract_code_whole_text_or_none() -> None:
         (ADD + "if __name__ == '__main__':\n    input()\n", ADD_TESTS, (True, "passed")),
         ("input()\n" + ADD, ADD_TESTS, (False, "runtime_error")),
         (ADD, ["assert add(1, 2) ==="], (False, "bad_tests")),
+        (ADD, ["return add(1, 2) == 3"], (False, "bad_tests")),  # parses, but does not compile
+        ("return 1\n" + ADD, ADD_TESTS, (False, "syntax_error")),
         (ADD, [], (False, "bad_tests")),
-        ("def add(a, b):\n    return undefined_name\n", ADD_TESTS, (False, "runtime_error")),
+        # Static analysis: an undefined name is found before running (see test_undefined_names).
+        ("def add(a, b):\n    return undefined_name\n", ADD_TESTS, (False, "undefined_name")),
+        # A NameError pyflakes cannot see (the name is deleted at run time) is the run's.
+        ("def add(a, b):\n    return a + b\ndel globals()['add']\n", ADD_TESTS, (False, "runtime_error")),
         # An assert in the program itself is the program's error, not a failed test.
         ("assert False, 'module level'\n" + ADD, ADD_TESTS, (False, "runtime_error")),
         # Leaving early must not count as passing: the verdict comes from the harness, not the exit code.
@@ -86,6 +99,45 @@ def test_extract_code_whole_text_or_none() -> None:
 )
 def test_verdicts(code: str, tests: list[str], expected: tuple[bool, str]) -> None:
     assert run_tests(code, tests, timeout_s=10) == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Static analysis
+
+
+@pytest.mark.parametrize(
+    ("code", "tests", "expected"),
+    [
+        # Builtins, module magic names and names a star import may bring are not reported.
+        ("import os\ndef f():\n    return len(os.path.basename(__file__)) + len(__name__)\n", ["assert f()"], []),
+        ("from math import *\ndef f():\n    return floor(2.5)\n", ["assert f() == 2"], []),
+        ("try:\n    unicode\nexcept NameError:\n    unicode = str\n" + ADD, ADD_TESTS, []),
+        # Names a test defines for a later test, and names defined after the function that uses them.
+        ("def f():\n    return LIMIT\nLIMIT = 3\n", ["x = f()", "assert x == 3"], []),
+        # Reported: in a function the tests never call too (the paper's "passes static analysis"),
+        (ADD + "def helper():\n    return missing_helper()\n", ADD_TESTS, ["missing_helper"]),
+        # a function the tests call that the program does not define,
+        ("def plus(a, b):\n    return a + b\n", ADD_TESTS, ["add"]),
+        # a name used at module level before it is bound, and an annotation naming an unimported type.
+        ("print(y)\ny = 1\n" + ADD, ADD_TESTS, ["y"]),
+        ("def add(a: int, b: int) -> Number:\n    return a + b\n", ADD_TESTS, ["Number"]),
+    ],
+)
+def test_undefined_names(code: str, tests: list[str], expected: list[str]) -> None:
+    assert undefined_names(code, tests) == expected
+
+
+def test_undefined_name_is_found_without_running() -> None:
+    # The program would spin until the timeout if it ran.
+    start = time.monotonic()
+    assert run_tests("while True:\n    pass\n" + ADD.replace("a + b", "a + c"), ADD_TESTS, timeout_s=5.0) == (
+        False,
+        "undefined_name",
+    )
+    assert time.monotonic() - start < 1
+    # A star import is not flagged, and the program runs and passes.
+    star = "from operator import *\ndef plus(a, b):\n    return add(a, b)\n"
+    assert run_tests(star, ["assert plus(1, 2) == 3"]) == (True, "passed")
 
 
 def test_program_and_tests_share_a_real_module() -> None:
@@ -274,29 +326,80 @@ def test_no_network() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Namespaces, seen from inside
+
+
+def test_namespaces_seen_from_inside() -> None:
+    iso = sandbox._isolation()
+    if not iso.private_dirs:
+        pytest.skip(f"no mount namespace on this machine ({sandbox.describe_isolation()})")
+    check = textwrap.dedent(
+        """
+        import os
+        status = open("/proc/self/status").read()
+        assert "CapEff:\\t0000000000000000" in status, status  # root in the namespace, without capabilities
+        assert "NoNewPrivs:\\t1" in status, status
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        assert len(pids) == 2, pids  # the supervisor and the worker: not the host's processes
+        assert os.listdir("/dev/shm") == [], os.listdir("/dev/shm")  # a fresh tmpfs
+        assert os.path.samefile(os.getcwd(), os.path.dirname(__file__))  # the work dir, bound back
+        """
+    )
+    assert run_tests(ADD, [check]) == (True, "passed")
+    # The same check fails where it should: the capability line is checked for real.
+    assert run_tests(ADD, [check.replace("CapEff:\\t0000000000000000", "CapEff:\\t0000000000000001")]) == (
+        False,
+        "test_failed",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Running as root: the programs get an unprivileged uid
 
 
-def test_root_drops_to_an_unprivileged_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_root_uses_a_system_interpreter_for_the_unprivileged_uid() -> None:
+    system = sandbox._interpreters(sandbox.NOBODY)[1:]
+    if os.geteuid() != 0 or not system:
+        pytest.skip("needs root and a system interpreter of this Python version")
+    iso = sandbox._isolation()
+    assert iso.user == sandbox.NOBODY and iso.nproc, sandbox.describe_isolation()
+    # The programs run under the same Python version as this process.
+    version = f"import sys\nassert sys.version_info[:2] == {tuple(sys.version_info[:2])!r}\n"
+    assert run_tests(ADD, [version]) == (True, "passed")
+
+
+def test_root_drops_to_an_unprivileged_user(monkeypatch: pytest.MonkeyPatch) -> None:
     interpreter = shutil.which("python3", path="/usr/bin:/bin")
     if os.geteuid() != 0 or interpreter is None:
         pytest.skip("needs root and a system python3 that uid 65534 can run")
     monkeypatch.setattr(sys, "executable", interpreter)
     sandbox._isolation.cache_clear()
+    # Not under /tmp, which the sandbox may replace with its own: root's home directory.
+    folder = Path(tempfile.mkdtemp(prefix=".fusechat3-test-", dir=Path.home()))
     try:
         assert sandbox._isolation().user == sandbox.NOBODY, sandbox.describe_isolation()
-        secret = tmp_path / "root-only.txt"
+        secret = folder / "root-only.txt"
         secret.write_text("root only")
         secret.chmod(0o600)
         reader = f"def read():\n    return open({str(secret)!r}).read()\n"
         assert run_tests(reader, ["read()"]) == (False, "runtime_error")
         assert run_tests(reader, ["try:\n    read()\nexcept PermissionError:\n    pass"]) == (True, "passed")
     finally:
+        shutil.rmtree(folder)
         sandbox._isolation.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Many
+
+
+def test_pool_size_is_bounded() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert pool_size(0, 1000, 1) == cores  # one per usable core by default
+    assert pool_size(8, 3, 1) == 3  # never more than the jobs
+    assert pool_size(8, 0, 1) == 1
+    assert pool_size(64, 1000, 1024**3) == 1  # an exabyte each: one at a time
+    assert pool_size(5, 1000, 1) == 5  # an explicit size is honoured
 
 
 def test_run_tests_many_keeps_order() -> None:
@@ -306,7 +409,7 @@ def test_run_tests_many_keeps_order() -> None:
         ("def add(a, b):\n    return 0\n", ADD_TESTS),
         ("def add(", ADD_TESTS),
         (ADD, ADD_TESTS),
-        ("raise ValueError('boom')\n", ADD_TESTS),
+        ("raise ValueError('boom')\n" + ADD, ADD_TESTS),
     ]
     expected = [
         (True, "passed"),

@@ -1,32 +1,73 @@
 """Math answer verification: is the final answer of a response equal to the gold answer?
 
-Built on math-verify (Hugging Face), which extracts the final answer from free text (a `\\boxed{...}`, an
-"answer is ..." phrase, else the last LaTeX or plain number/expression) and compares it with the gold answer
-symbolically (sympy) and numerically. This module only chooses its extraction settings, makes it safe to call
-from any thread, and turns its result into a verdict:
+Built on math-verify (Hugging Face), which extracts the final answer from free text and compares it with the gold
+answer symbolically (sympy) and numerically. This module chooses its extraction settings, adds the GSM8K `####`
+convention, keeps math-verify's timeouts working, and turns its result into a verdict:
 
 - `(True, "passed")`: the extracted answer equals the gold answer;
 - `(False, "wrong_answer")`: an answer was found and it differs;
 - `(None, "no_answer")`: no answer could be extracted from the response (or the response is not text);
+- `(None, "timeout")`: parsing or comparing took longer than `timeout_s` (e.g. `\\boxed{9^{9^{9^{9^{9}}}}}`), so
+  the answer is neither right nor wrong; only reported where timeouts are on (see below);
 - `(None, "bad_gold")`: the gold answer itself cannot be parsed, a data problem, counted apart from the model's.
 
-math-verify bounds each parse / comparison with `signal.alarm`, which only works in the main thread. In any other
-thread the timeouts are switched off (math-verify's documented way), so a pathological answer such as
-`9^{9^{9^9}}` could then take long; `verify_math_many(..., workers=N)` avoids that by verifying in worker
-processes, whose main threads keep the timeouts.
+Which answer is read from a response, first rule that finds one wins:
+
+1. a `\\boxed{...}`. With several boxes math-verify takes the last one together with the boxes just before it
+   that are close (under 10 characters apart, or under 70 with "and", "or", "," or ";" between them), read as
+   one set of answers: `\\boxed{3} and \\boxed{5}` is {3, 5}, right for the gold `3, 5` and wrong for `3` or `5`
+   (a hedge gets no credit); a box repeated (`\\boxed{5} ... \\boxed{5}`) counts once;
+2. GSM8K style: a response whose last line is `#### <answer>` answers what follows the last `####`;
+3. math-verify's anchors ("final answer is ...", "answer: ..."), then the last LaTeX or plain number/expression.
+
+Spellings math-verify misreads are rewritten first, in responses and gold answers alike: `\\boxed {x}` as
+`\\boxed{x}`, scientific notation (`1.5e3`) as a decimal (LaTeX parsing would read its `e` as Euler's number),
+the currency sign `\\$` is dropped and the Unicode minus `\u2212` becomes `-`.
+
+Gold answers: a bare answer (`42`, `\\frac{\\sqrt{3}}{2}`, `x^2+1`) is parsed as LaTeX inside `$...$`, since
+unwrapped, `2\\sqrt{2}` would parse as `2` and match `\\boxed{2}`; a full GSM8K answer (rationale, then
+`#### 1,000`) is reduced to what follows its last `####`; thousands separators (`1,000`) are removed; a gold that
+holds a `\\boxed{}` (a worked MATH-style solution) is read like a response, by its box.
+
+Timeouts: math-verify bounds each parse / comparison with `signal.alarm`, which only works in a process's main
+thread. It swallows its timeouts by default (a timed-out comparison reads as "different"); here they are raised
+(`raise_on_error=True`) so they become the `timeout` verdict. In any other thread the timeouts must be switched off
+(math-verify's documented way): a pathological answer could then run long, so `verify_math_many` checks in worker
+processes, whose main threads keep the timeouts, whenever it is called off the main thread or with many pairs.
+A limit of the signal approach: a computation stuck inside one C call (no Python bytecode running) is not
+interrupted until that call returns.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import threading
 from functools import cache
+from itertools import product
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 Verdict = tuple[bool | None, str]
+
+# A number written with thousands separators and nothing else: "1,000", "-12,345.5". Only exact 3-digit groups, so
+# that "1,2" (a list of two answers) is left alone.
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+# Scientific notation ("1.5e3", "2E+5", "2.5e-4"): unconverted, LaTeX parsing reads the "e" as Euler's number.
+# "2e-1" (no decimal point, minus) stays as it is: in a math answer it more likely means 2e - 1.
+_SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+\.\d+[eE][+-]?\d{1,2}|\d+[eE]\+?\d{1,2})(?!\w)")
+# "\boxed {x}": valid LaTeX, but math-verify's box patterns want the brace right after the command.
+_SPACED_BOX = re.compile(r"\\(boxed|fbox)\s+\{")
+# Below this many pairs, `verify_math_many(workers=None)` called from the main thread checks in-process: the
+# timeouts work there, and starting a pool (whose fork server imports sympy) costs more than the checks.
+_POOL_MIN_PAIRS = 32
+
+
+class _Timeout(Exception):
+    """A parse or comparison ran out of time (math-verify's own TimeoutException derives from BaseException)."""
 
 
 @cache
@@ -44,65 +85,154 @@ def _configs() -> tuple[list[Any], list[Any], list[Any]]:
     return gold_latex, gold_expr, response
 
 
-def _timeout_s(timeout_s: int) -> int | None:
-    # signal.alarm only works in the main thread; elsewhere math-verify needs its timeouts disabled (None).
-    return timeout_s if threading.current_thread() is threading.main_thread() else None
+def _limit(timeout_s: float) -> int | None:
+    # signal.alarm takes whole seconds, and only works in the main thread; elsewhere math-verify needs None.
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return max(1, math.ceil(timeout_s))
 
 
-def _parse_gold(gold: str, timeout_s: int | None) -> list[Any]:
+def _parse(text: str, config: list[Any], limit: int | None) -> list[Any]:
+    """math-verify's parse, with its timeout raised as `_Timeout` and any other error read as "nothing found"."""
     from math_verify import parse
-
-    gold_latex, gold_expr, _ = _configs()
-    bare = gold.strip().strip("$").strip()
-    if not bare:
-        return []
-    parsed = parse(f"${bare}$", gold_latex, parsing_timeout=timeout_s)
-    return parsed or parse(bare, gold_expr, parsing_timeout=timeout_s)
-
-
-def verify_math(response: str, gold: str, *, timeout_s: int = 5) -> Verdict:
-    """Check the final answer of `response` against `gold`; never raises on odd input (see the module doc)."""
-    from math_verify import parse, verify
     from math_verify.errors import TimeoutException
 
+    try:
+        return parse(text, config, parsing_timeout=limit, raise_on_error=True)
+    except TimeoutException as e:
+        raise _Timeout from e
+    except Exception:
+        log.debug("math-verify could not parse %.200r", text, exc_info=True)
+        return []
+
+
+def _has_expression(parsed: list[Any]) -> bool:
+    return any(not isinstance(p, str) for p in parsed)
+
+
+def _strip_thousands(text: str) -> str:
+    return text.replace(",", "") if _THOUSANDS.fullmatch(text) else text
+
+
+def _normalise(text: str) -> str:
+    """Rewrite the few spellings math-verify misreads (see the module doc)."""
+    from decimal import Decimal
+
+    # "\$" is a currency sign (math-verify reads "$5" but not "\$5"), "\u2212" a minus sign.
+    text = text.replace("\\$", "").replace("\u2212", "-")
+    text = _SPACED_BOX.sub(r"\\\1{", text)
+    return _SCIENTIFIC.sub(lambda m: format(Decimal(m[1]), "f"), text)
+
+
+def _gold_answer(gold: str) -> str:
+    """The bare answer of a gold label: after GSM8K's last `####`, without `$...$` and thousands separators."""
+    if "####" in gold:
+        gold = gold.rsplit("####", 1)[1]
+    return _strip_thousands(_normalise(gold).strip().strip("$").strip().rstrip(".").strip())
+
+
+def _gsm8k_tail(response: str) -> str | None:
+    """What follows the last `####` when it sits on the response's last line (GSM8K's answer format), else None.
+
+    Only the last line counts, so that a Markdown `#### Step 2` heading in the middle of a solution is not read
+    as an answer; a box anywhere takes precedence (rule 1 of the module doc).
+    """
+    if "\\boxed" in response or "####" not in response:
+        return None
+    tail = response.rsplit("####", 1)[1].strip()
+    if not tail or "\n" in tail:
+        return None
+    return _strip_thousands(tail.strip("$ ").rstrip(".").strip())
+
+
+def _equal(gold: list[Any], answer: list[Any], limit: int | None) -> bool:
+    """Any of the gold parses equals any of the answer parses; `_Timeout` if none does and a comparison timed out.
+
+    Pair by pair (as math-verify's `verify` does internally) so that one timed-out or failing pair neither hides a
+    later match nor reads as a plain mismatch.
+    """
+    from math_verify import verify
+    from math_verify.errors import TimeoutException
+
+    timed_out = False
+    for g, a in product(gold, answer):
+        try:
+            if verify(g, a, timeout_seconds=limit, raise_on_error=True):
+                return True
+        except TimeoutException:
+            timed_out = True
+        except Exception:
+            log.debug("math-verify could not compare an answer with the gold", exc_info=True)
+    if timed_out:
+        raise _Timeout
+    return False
+
+
+def verify_math(response: str, gold: str, *, timeout_s: float = 5) -> Verdict:
+    """Check the final answer of `response` against `gold`; never raises on odd input (see the module doc).
+
+    `timeout_s` bounds each parse and comparison (whole seconds, rounded up) in the main thread; in any other thread
+    there is no timeout.
+    """
     if not isinstance(gold, str) or not gold.strip():
         return None, "bad_gold"
     if not isinstance(response, str) or not response.strip():
         return None, "no_answer"
-    limit = _timeout_s(timeout_s)
+    gold_latex, gold_expr, config = _configs()
+    limit = _limit(timeout_s)
     try:
-        gold_parsed = _parse_gold(gold, limit)
-    except (Exception, TimeoutException):
-        log.debug("math-verify could not parse gold %r", gold, exc_info=True)
-        gold_parsed = []
-    if not gold_parsed:
-        return None, "bad_gold"
-    try:
-        answer = parse(response, _configs()[2], parsing_timeout=limit)
+        if "\\boxed" in gold:
+            # A worked solution (MATH style) rather than a bare answer: its box is the answer.
+            gold_parsed = _parse(_normalise(gold), config, limit)
+        else:
+            bare = _gold_answer(gold)
+            gold_parsed = _parse(f"${bare}$", gold_latex, limit) if bare else []
+            if not _has_expression(gold_parsed) and bare:
+                gold_parsed = _parse(bare, gold_expr, limit)
+        # math-verify also returns the raw matched text as a last resort (compared as a string); a gold answer
+        # with nothing but that did not parse.
+        if not _has_expression(gold_parsed):
+            return None, "bad_gold"
+        response = _normalise(response)
+        tail = _gsm8k_tail(response)
+        answer = _parse(tail, config, limit) if tail else []
+        if not _has_expression(answer):
+            answer = _parse(response, config, limit)
         if not answer:
             return None, "no_answer"
-        ok = verify(gold_parsed, answer, timeout_seconds=limit)
-    except (Exception, TimeoutException):
-        # math-verify already turns its own errors into "no match"; this is the last guard for the rest.
-        log.debug("math-verify failed on a response", exc_info=True)
-        return None, "no_answer"
+        ok = _equal(gold_parsed, answer, limit)
+    except _Timeout:
+        return None, "timeout"
     return (True, "passed") if ok else (False, "wrong_answer")
 
 
-def _verify_chunk(pairs: list[tuple[str, str]], timeout_s: int) -> list[Verdict]:
+def _verify_chunk(pairs: list[tuple[str, str]], timeout_s: float) -> list[Verdict]:
     return [verify_math(response, gold, timeout_s=timeout_s) for response, gold in pairs]
 
 
-def verify_math_many(pairs: list[tuple[str, str]], *, workers: int = 1, timeout_s: int = 5) -> list[Verdict]:
+def verify_math_many(
+    pairs: list[tuple[str, str]], *, workers: int | None = None, timeout_s: float = 5
+) -> list[Verdict]:
     """`verify_math` over (response, gold) pairs, in order.
 
-    workers <= 1 verifies in the calling thread. workers > 1 uses that many worker processes; they run each check
-    in their main thread, so math-verify's timeouts stay on whatever thread calls this. They are forked from a
-    fork server (never from this possibly threaded process, where a fork can deadlock) that imports math-verify
-    and sympy once, so each worker starts in milliseconds instead of re-importing them.
+    workers: None (the default) picks: in the calling thread when that is the main thread and there are fewer
+    than 32 pairs (timeouts work there, and a pool would cost more to start than it saves), else a pool of
+    min(4, CPU count) processes. An int > 1 always uses that many processes; an int <= 1 always checks in the
+    calling thread, without timeouts if that is not the main thread.
+
+    Worker processes run each check in their main thread, so math-verify's timeouts stay on whatever thread calls
+    this. They are forked from a fork server (never from this possibly threaded process, where a fork can
+    deadlock) that imports math-verify and sympy once, so each worker starts in milliseconds instead of
+    re-importing them.
     """
     pairs = list(pairs)
-    if workers <= 1 or len(pairs) < 2:
+    if workers is None:
+        in_main = threading.current_thread() is threading.main_thread()
+        use_pool = bool(pairs) and not (in_main and len(pairs) < _POOL_MIN_PAIRS)
+        workers = max(1, min(4, os.cpu_count() or 1))
+    else:
+        use_pool = workers > 1 and len(pairs) > 1
+    if not use_pool:
         return _verify_chunk(pairs, timeout_s)
 
     import multiprocessing

@@ -2,21 +2,32 @@
 domain has a check, a correctness verdict (math vs gold, code vs tests in the sandbox).
 
 Works shard by shard over the samples (sorted by their key), so a killed run resumes at
-the shard in flight. Rows: `fusechat3.schema.make_score`.
+the shard in flight. Truncated and empty responses are scored too, and keep the
+sampling stage's `truncated` / `empty` flags: the building rules drop them, counted.
+Rows: `fusechat3.schema.make_score`. The stage ends with a summary per source (reward
+mean and quantiles, math and code pass rates, verdict counts), also written to
+`runs/<name>/score/summary.json`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 
 from fusechat3.recipe import resolve_model
-from fusechat3.run import Run, log, print_summary
+from fusechat3.run import Run, log
 from fusechat3.schema import assistant, make_score, sample_key
 from fusechat3.scoring.verify import verify_many
+from fusechat3.store import atomic_write
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 def run_score(run: Run) -> None:
+    from tqdm.auto import tqdm
+
     recipe = run.recipe
     stage = run.stage("score")
     if stage.done():
@@ -37,65 +48,136 @@ def run_score(run: Run) -> None:
             resolve_model(spec.model),
             batch_size=spec.batch_size,
             max_length=spec.max_length,
+            max_tokens_per_batch=spec.max_tokens_per_batch,
             dtype=spec.dtype,
             trust_remote_code=spec.trust_remote_code,
+            revision=spec.revision,
+            backend=spec.backend,
         )
+    bar = tqdm(total=sum(len(samples[k : k + size]) for k in todo), desc="score", unit="response", disable=not todo)
     try:
         for k in todo:
             chunk = samples[k : k + size]
-            chunk_prompts = [prompts[s["prompt_id"]] for s in chunk]
-            # Only finished, non-empty responses are worth a forward pass; the rest are counted.
-            live = [i for i, s in enumerate(chunk) if s["finish_reason"] == "stop" and s["text"].strip()]
-            rewards: dict[int, tuple[float | None, str]] = {}
-            if live:
-                convs = [chunk_prompts[i]["messages"] + [assistant(chunk[i]["text"])] for i in live]
-                rewards = dict(zip(live, rm.score(convs), strict=True))
-            checks = verify_many(
-                chunk_prompts,
-                [s["text"] for s in chunk],
-                timeout_s=recipe.scoring.code.timeout_s,
-                memory_mb=recipe.scoring.code.memory_mb,
-                workers=recipe.scoring.code.workers,
-            )
-            rows = []
-            for i, s in enumerate(chunk):
-                reward, why = rewards.get(i, (None, "empty" if s["finish_reason"] == "stop" else s["finish_reason"]))
-                correct, verdict = checks[i]
-                if reward is None and verdict in ("unchecked",):
-                    verdict = why
-                rows.append(
-                    make_score(
-                        prompt_id=s["prompt_id"],
-                        model=s["model"],
-                        sample_idx=s["sample_idx"],
-                        reward=reward,
-                        correct=correct,
-                        verdict=verdict if s["finish_reason"] == "stop" else s["finish_reason"],
-                    )
-                )
-            stage.write_shard(f"shard-{k // size:05d}", rows)
+            stage.write_shard(f"shard-{k // size:05d}", _score_chunk(recipe, rm, chunk, prompts))
+            bar.update(len(chunk))
     finally:
+        bar.close()
         if rm is not None:
             rm.close()
     rows = stage.read()
-    verdicts = Counter(r["verdict"] for r in rows)
-    no_reward = sum(r["reward"] is None for r in rows)
     secs = time.time() - t0
-    stage.finish(
-        {
-            "rows_in": len(samples),
-            "rows_out": len(rows),
-            "verdicts": dict(verdicts),
-            "no_reward": no_reward,
-            "seconds": round(secs, 1),
-        }
+    summary = score_summary(rows, prompts)
+    summary["all"]["seconds"] = round(secs, 1)
+    stage.finish(summary)
+    text = json.dumps(summary, indent=2, sort_keys=True).encode()
+    atomic_write(stage.dir / "summary.json", lambda f: f.write(text))
+    _print(summary, secs)
+
+
+def _score_chunk(recipe, rm, chunk: list[dict], prompts: dict[str, dict]) -> list[dict]:
+    chunk_prompts = [prompts[s["prompt_id"]] for s in chunk]
+    # Every response that exists is scored, truncated and empty ones included (flagged).
+    live = [i for i, s in enumerate(chunk) if s["finish_reason"] != "error"]
+    rewards: dict[int, tuple[float | None, str]] = {}
+    if live:
+        convs = [chunk_prompts[i]["messages"] + [assistant(chunk[i]["text"])] for i in live]
+        rewards = dict(zip(live, rm.score(convs), strict=True))
+    checks = verify_many(
+        chunk_prompts,
+        [s["text"] for s in chunk],
+        timeout_s=recipe.scoring.code.timeout_s,
+        memory_mb=recipe.scoring.code.memory_mb,
+        workers=recipe.scoring.code.workers,
     )
-    print_summary(
-        "score",
-        [
-            ("responses", len(rows)),
-            ("no reward (skipped later)", no_reward),
-            *((f"verdict: {k}", v) for k, v in verdicts.most_common()),
-        ],
-        secs,
-    )
+    rows = []
+    for i, s in enumerate(chunk):
+        reward, status = rewards.get(i, (None, "error"))
+        correct, verdict = checks[i]
+        if s["finish_reason"] == "error":
+            correct, verdict = None, "error"
+        elif verdict == "unchecked" and reward is None:
+            verdict = status  # no check, no reward: say why
+        rows.append(
+            make_score(
+                prompt_id=s["prompt_id"],
+                model=s["model"],
+                sample_idx=s["sample_idx"],
+                reward=reward,
+                correct=correct,
+                verdict=verdict,
+                reward_status=status,
+                truncated=s["finish_reason"] == "length",
+                empty=not (s["text"] or "").strip(),
+            )
+        )
+    return rows
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    pos = (len(sorted_values) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _figures(rows: list[dict], domains: list[str]) -> dict:
+    rewards = sorted(r["reward"] for r in rows if r["reward"] is not None)
+    out: dict = {
+        "responses": len(rows),
+        "reward_mean": round(sum(rewards) / len(rewards), 6) if rewards else None,
+        "reward_quantiles": {f"p{int(q * 100)}": round(_quantile(rewards, q), 6) for q in QUANTILES} if rewards else {},
+        "no_reward": dict(Counter(r["reward_status"] for r in rows if r["reward"] is None)),
+        "truncated": sum(r["truncated"] for r in rows),
+        "empty": sum(r["empty"] for r in rows),
+        "verdicts": dict(Counter(r["verdict"] for r in rows).most_common()),
+    }
+    for domain in ("math", "code"):
+        checked = [r for r, d in zip(rows, domains, strict=True) if d == domain]
+        if checked:
+            out[f"{domain}_pass_rate"] = round(sum(r["correct"] is True for r in checked) / len(checked), 4)
+            out[f"{domain}_responses"] = len(checked)
+    return out
+
+
+def score_summary(rows: list[dict], prompts: dict[str, dict]) -> dict:
+    """Figures per source (`model`) and for all rows together."""
+    by_source: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_source[r["model"]].append(r)
+    summary = {
+        name: _figures(rs, [prompts[r["prompt_id"]]["domain"] for r in rs]) for name, rs in sorted(by_source.items())
+    }
+    summary["all"] = _figures(rows, [prompts[r["prompt_id"]]["domain"] for r in rows])
+    return summary
+
+
+def _print(summary: dict, secs: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    names = [n for n in summary if n != "all"] + ["all"]
+    table = Table(title=f"score  ({secs:.0f}s)", title_justify="left")
+    table.add_column("what")
+    for n in names:
+        table.add_column(n, justify="right")
+
+    def cell(value: object) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = [("responses", lambda f: f["responses"]), ("reward mean", lambda f: f["reward_mean"])]
+    lines += [(f"reward {q}", lambda f, q=q: f["reward_quantiles"].get(q)) for q in ("p10", "p50", "p90")]
+    lines += [
+        ("math pass rate", lambda f: f.get("math_pass_rate")),
+        ("code pass rate", lambda f: f.get("code_pass_rate")),
+        ("flagged truncated", lambda f: f["truncated"]),
+        ("flagged empty", lambda f: f["empty"]),
+    ]
+    verdicts = sorted({v for n in names for v in summary[n]["verdicts"]})
+    lines += [(f"verdict: {v}", lambda f, v=v: f["verdicts"].get(v, 0)) for v in verdicts]
+    reasons = sorted({v for n in names for v in summary[n]["no_reward"]})
+    lines += [(f"no reward: {v}", lambda f, v=v: f["no_reward"].get(v, 0)) for v in reasons]
+    for what, get in lines:
+        table.add_row(what, *(cell(get(summary[n])) for n in names))
+    Console().print(table)
