@@ -123,7 +123,7 @@ def _shards_recorded(run_dir: Path) -> int:
     return len(manifest["shards"])
 
 
-def _kill_and_resume(tmp_path: Path, backend: str, kill_after_shards: list[int], random_kills: int) -> None:
+def _check_resume_after_kills(tmp_path: Path, backend: str, kill_after_shards: list[int], random_kills: int) -> None:
     recipe = _recipe_file(tmp_path, backend, 28, long_at=(5,), shard_size=3)  # 29 prompts, 10 shards
     run = Run(load_recipe(recipe))
     assert _cli("prompts", str(recipe)).returncode == 0
@@ -169,12 +169,12 @@ def _kill_and_resume(tmp_path: Path, backend: str, kill_after_shards: list[int],
 
 
 def test_sigkill_at_any_point_resumes_to_the_same_rows_hf(tmp_path: Path) -> None:
-    _kill_and_resume(tmp_path, "hf", kill_after_shards=[0, 1, 1, 2, 3], random_kills=2)
+    _check_resume_after_kills(tmp_path, "hf", kill_after_shards=[0, 1, 1, 2, 3], random_kills=2)
 
 
 @pytest.mark.slow
 def test_sigkill_at_any_point_resumes_to_the_same_rows_vllm(tmp_path: Path) -> None:
-    _kill_and_resume(tmp_path, "vllm", kill_after_shards=[0, 1, 2, 2, 3], random_kills=1)
+    _check_resume_after_kills(tmp_path, "vllm", kill_after_shards=[0, 1, 2, 2, 3], random_kills=1)
 
 
 # --- --shard i/n workers ----------------------------------------------------------------

@@ -233,6 +233,44 @@ def chat_prompt_ids(
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+@dataclass
+class Plan:
+    """What a backend generates for one `generate` call (see `plan_requests`)."""
+
+    seeds: list[int]  # one per conversation
+    prompt_ids: list[list[int]] | None  # rendered prompts (None: no local tokenizer)
+    fit: list[int]  # indices of the conversations to send
+    results: list[list[Completion]]  # the answer, pre-filled with "prompt_too_long" errors
+
+
+def plan_requests(
+    backend: str,
+    conversations: list[list[dict]],
+    params: GenParams,
+    seeds: list[int] | None,
+    progress: Callable[[int], None] | None,
+    stats: Counter,
+    tokenizer: Any = None,
+    chat_template: str | None = None,
+    max_model_len: int | None = None,
+) -> Plan:
+    """What every backend does before generating: check the conversations, fix the seeds,
+    render the prompts and set aside those too long for the context (their results are
+    final: error completions, already reported to `progress`)."""
+    for i, conversation in enumerate(conversations):
+        check_conversation(conversation, i)
+    seeds = request_seeds(conversations, params, seeds)
+    if tokenizer is None:
+        prompt_ids, fit = None, list(range(len(conversations)))
+    else:
+        prompt_ids = chat_prompt_ids(tokenizer, conversations, chat_template)
+        fit = split_too_long(prompt_ids, params.max_tokens, max_model_len, stats, backend)
+    results = [error_completions(params.n, "prompt_too_long") for _ in conversations]
+    if progress is not None and len(fit) < len(conversations):
+        progress(len(conversations) - len(fit))
+    return Plan(seeds, prompt_ids, fit, results)
+
+
 def samples_per_request(params: GenParams) -> int:
     """Greedy samples of one prompt are all the same, and neither vLLM nor transformers
     accept n > 1 without sampling: ask for one and repeat it (`repeat_greedy`)."""

@@ -18,16 +18,12 @@ from typing import Any
 from fusechat3.sampling.base import (
     Completion,
     GenParams,
-    chat_prompt_ids,
-    check_conversation,
     count_finishes,
     derive_seed,
-    error_completions,
+    plan_requests,
     register,
     repeat_greedy,
-    request_seeds,
     samples_per_request,
-    split_too_long,
 )
 
 logger = logging.getLogger(__name__)
@@ -96,14 +92,18 @@ class HFSampler:
 
         if self.model is None:
             raise RuntimeError(f"hf sampler for {self.model_name} was closed; create a new one with get_sampler")
-        for i, conversation in enumerate(conversations):
-            check_conversation(conversation, i)
-        seeds = request_seeds(conversations, params, seeds)
-        prompt_ids = chat_prompt_ids(self.tokenizer, conversations, self.chat_template)
-        fit = split_too_long(prompt_ids, params.max_tokens, self.max_model_len, self.stats, "hf")
-        results = [error_completions(params.n, "prompt_too_long") for _ in conversations]
-        if progress is not None and len(fit) < len(conversations):
-            progress(len(conversations) - len(fit))
+        plan = plan_requests(
+            "hf",
+            conversations,
+            params,
+            seeds,
+            progress,
+            self.stats,
+            self.tokenizer,
+            self.chat_template,
+            self.max_model_len,
+        )
+        fit, prompt_ids, seeds, results = plan.fit, plan.prompt_ids, plan.seeds, plan.results
         torch.manual_seed(derive_seed(*seeds))
         for start in range(0, len(fit), self.batch_size):
             batch = fit[start : start + self.batch_size]

@@ -30,16 +30,13 @@ from typing import Any
 from fusechat3.sampling.base import (
     Completion,
     GenParams,
-    chat_prompt_ids,
-    check_conversation,
     count_finishes,
     derive_seed,
     error_completions,
+    plan_requests,
     register,
     repeat_greedy,
-    request_seeds,
     samples_per_request,
-    split_too_long,
 )
 
 logger = logging.getLogger(__name__)
@@ -224,17 +221,18 @@ class OpenAISampler:
     ) -> list[list[Completion]]:
         if self.pool is None:
             raise RuntimeError(f"openai sampler for {self.model} was closed; create a new one with get_sampler")
-        for i, conversation in enumerate(conversations):
-            check_conversation(conversation, i)
-        prompt_seeds = request_seeds(conversations, params, seeds)
-        if self.tokenizer is not None:
-            prompt_ids = chat_prompt_ids(self.tokenizer, conversations, self.chat_template)
-            fit = split_too_long(prompt_ids, params.max_tokens, self.max_model_len, self.stats, "openai")
-        else:
-            fit = list(range(len(conversations)))
-        results = [error_completions(params.n, "prompt_too_long") for _ in conversations]
-        if progress is not None and len(fit) < len(conversations):
-            progress(len(conversations) - len(fit))
+        plan = plan_requests(
+            "openai",
+            conversations,
+            params,
+            seeds,
+            progress,
+            self.stats,
+            self.tokenizer,
+            self.chat_template,
+            self.max_model_len,
+        )
+        fit, prompt_seeds, results = plan.fit, plan.seeds, plan.results
 
         per_prompt = samples_per_request(params)
         samples: dict[int, list[Completion | None]] = {i: [None] * per_prompt for i in fit}

@@ -24,15 +24,11 @@ from typing import Any
 from fusechat3.sampling.base import (
     Completion,
     GenParams,
-    chat_prompt_ids,
-    check_conversation,
     count_finishes,
-    error_completions,
+    plan_requests,
     register,
     repeat_greedy,
-    request_seeds,
     samples_per_request,
-    split_too_long,
 )
 
 logger = logging.getLogger(__name__)
@@ -139,14 +135,18 @@ class VllmSampler:
     ) -> list[list[Completion]]:
         if self.llm is None:
             raise RuntimeError(f"vllm sampler for {self.model} was closed; create a new one with get_sampler")
-        for i, conversation in enumerate(conversations):
-            check_conversation(conversation, i)
-        seeds = request_seeds(conversations, params, seeds)
-        prompt_ids = chat_prompt_ids(self.tokenizer, conversations, self.chat_template)
-        fit = split_too_long(prompt_ids, params.max_tokens, self.max_model_len, self.stats, "vllm")
-        results = [error_completions(params.n, "prompt_too_long") for _ in conversations]
-        if progress is not None and len(fit) < len(conversations):
-            progress(len(conversations) - len(fit))
+        plan = plan_requests(
+            "vllm",
+            conversations,
+            params,
+            seeds,
+            progress,
+            self.stats,
+            self.tokenizer,
+            self.chat_template,
+            self.max_model_len,
+        )
+        fit, prompt_ids, seeds, results = plan.fit, plan.prompt_ids, plan.seeds, plan.results
         if fit:
             outputs = self.llm.generate(
                 [{"prompt_token_ids": prompt_ids[i]} for i in fit],
