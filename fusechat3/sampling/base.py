@@ -165,6 +165,7 @@ def register(name: str) -> Callable[[type], type]:
     """Class decorator: make a backend available to `get_sampler` under `name`."""
 
     def wrap(cls: type) -> type:
+        cls.backend = name  # for messages and counters
         _BACKENDS[name] = cls
         return cls
 
@@ -244,27 +245,27 @@ class Plan:
 
 
 def plan_requests(
-    backend: str,
+    sampler: Any,
     conversations: list[list[dict]],
     params: GenParams,
     seeds: list[int] | None,
     progress: Callable[[int], None] | None,
-    stats: Counter,
-    tokenizer: Any = None,
-    chat_template: str | None = None,
-    max_model_len: int | None = None,
 ) -> Plan:
     """What every backend does before generating: check the conversations, fix the seeds,
     render the prompts and set aside those too long for the context (their results are
-    final: error completions, already reported to `progress`)."""
+    final: error completions, already reported to `progress`).
+
+    The sampler's `stats`, `chat_template`, `tokenizer` and `max_model_len` are used; a
+    sampler without a tokenizer (a remote server) sends every conversation."""
     for i, conversation in enumerate(conversations):
         check_conversation(conversation, i)
     seeds = request_seeds(conversations, params, seeds)
+    tokenizer = getattr(sampler, "tokenizer", None)
     if tokenizer is None:
         prompt_ids, fit = None, list(range(len(conversations)))
     else:
-        prompt_ids = chat_prompt_ids(tokenizer, conversations, chat_template)
-        fit = split_too_long(prompt_ids, params.max_tokens, max_model_len, stats, backend)
+        prompt_ids = chat_prompt_ids(tokenizer, conversations, sampler.chat_template)
+        fit = split_too_long(prompt_ids, params.max_tokens, sampler.max_model_len, sampler.stats, sampler.backend)
     results = [error_completions(params.n, "prompt_too_long") for _ in conversations]
     if progress is not None and len(fit) < len(conversations):
         progress(len(conversations) - len(fit))

@@ -92,17 +92,7 @@ class HFSampler:
 
         if self.model is None:
             raise RuntimeError(f"hf sampler for {self.model_name} was closed; create a new one with get_sampler")
-        plan = plan_requests(
-            "hf",
-            conversations,
-            params,
-            seeds,
-            progress,
-            self.stats,
-            self.tokenizer,
-            self.chat_template,
-            self.max_model_len,
-        )
+        plan = plan_requests(self, conversations, params, seeds, progress)
         fit, prompt_ids, seeds, results = plan.fit, plan.prompt_ids, plan.seeds, plan.results
         torch.manual_seed(derive_seed(*seeds))
         for start in range(0, len(fit), self.batch_size):

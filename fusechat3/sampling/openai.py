@@ -221,17 +221,7 @@ class OpenAISampler:
     ) -> list[list[Completion]]:
         if self.pool is None:
             raise RuntimeError(f"openai sampler for {self.model} was closed; create a new one with get_sampler")
-        plan = plan_requests(
-            "openai",
-            conversations,
-            params,
-            seeds,
-            progress,
-            self.stats,
-            self.tokenizer,
-            self.chat_template,
-            self.max_model_len,
-        )
+        plan = plan_requests(self, conversations, params, seeds, progress)
         fit, prompt_seeds, results = plan.fit, plan.seeds, plan.results
 
         per_prompt = samples_per_request(params)

@@ -135,17 +135,7 @@ class VllmSampler:
     ) -> list[list[Completion]]:
         if self.llm is None:
             raise RuntimeError(f"vllm sampler for {self.model} was closed; create a new one with get_sampler")
-        plan = plan_requests(
-            "vllm",
-            conversations,
-            params,
-            seeds,
-            progress,
-            self.stats,
-            self.tokenizer,
-            self.chat_template,
-            self.max_model_len,
-        )
+        plan = plan_requests(self, conversations, params, seeds, progress)
         fit, prompt_ids, seeds, results = plan.fit, plan.prompt_ids, plan.seeds, plan.results
         if fit:
             outputs = self.llm.generate(
