@@ -1,8 +1,13 @@
 """Prompt builders: one module per prompt source, looked up by its name.
 
-A builder module defines `build(**args) -> list[dict]` returning Prompt rows
-(`fusechat3.schema.make_prompt`): load -> normalise -> filter. A recipe names it in
-`prompts: [{builder: <module name>, args: {...}}]`.
+A builder module defines `build(**args)` returning Prompt rows (`fusechat3.schema.make_prompt`):
+load -> normalise -> filter. A recipe names it in `prompts: [{builder: <module name>, args: {...}}]`.
+
+A builder never drops a row silently: it returns either a plain `list[dict]` (nothing skipped) or
+`Built(rows, skipped)`, with the rows it could not turn into prompts counted by reason
+(`{"no_tests": 3, "empty_prompt": 1}`). `collect` runs the specs of a recipe and gives one `Built`
+per spec; the prompts stage then applies the shared steps of `data_builders._steps` (dedup, math/code
+removal, decontamination, per-spec limit and fraction) and reports every count per spec and domain.
 """
 
 from __future__ import annotations
@@ -12,6 +17,20 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
+
+DUPLICATE = "duplicate_prompt"  # the skip reason of a prompt seen before (same prompt_id, or same normalised text)
+
+
+@dataclass
+class Built:
+    """What a builder made: its Prompt rows, and how many source rows it skipped, by reason."""
+
+    rows: list[dict]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
 
 
 def available() -> list[str]:
@@ -19,7 +38,7 @@ def available() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
-def get_builder(name: str) -> Callable[..., list[dict]]:
+def get_builder(name: str) -> Callable[..., list[dict] | Built]:
     """The `build` function of builder `name`; one clear error line if there is none."""
     names = available()
     if name not in names:
@@ -29,7 +48,7 @@ def get_builder(name: str) -> Callable[..., list[dict]]:
     return importlib.import_module(f"{__name__}.{name}").build
 
 
-def run_builder(name: str, args: dict, where: str = "prompts") -> list[dict]:
+def run_builder(name: str, args: dict, where: str = "prompts") -> list[dict] | Built:
     """Call builder `name` with `args`, turning a wrong argument into one clear error line."""
     fn = get_builder(name)
     params = inspect.signature(fn).parameters
@@ -43,17 +62,29 @@ def run_builder(name: str, args: dict, where: str = "prompts") -> list[dict]:
     return fn(**args)
 
 
-def collect(specs: list, where: str) -> tuple[list[dict], int]:
-    """Prompt rows of several builder specs (`.builder`, `.args`), first occurrence of each
-    prompt_id kept; returns (rows, number of duplicates skipped)."""
-    rows: list[dict] = []
+def as_built(out: list[dict] | Built, where: str = "prompts") -> Built:
+    """A builder's result as a `Built` (a plain list of rows skipped nothing)."""
+    if isinstance(out, Built):
+        return out
+    if isinstance(out, list):
+        return Built(out)
+    raise TypeError(f"{where}: a builder returned {type(out).__name__}, not a list of rows or a Built")
+
+
+def collect(specs: list, where: str) -> list[Built]:
+    """One `Built` per builder spec (`.builder`, `.args`), in order. A prompt_id given before (by this
+    spec or an earlier one) is dropped and counted as `duplicate_prompt` in the spec that repeats it, so
+    the rows of all specs together have unique prompt_ids."""
+    out: list[Built] = []
     seen: set[str] = set()
-    dup = 0
     for i, spec in enumerate(specs):
-        for row in run_builder(spec.builder, spec.args, where=f"{where}[{i}]"):
+        built = as_built(run_builder(spec.builder, spec.args, where=f"{where}[{i}]"), f"{where}[{i}]")
+        rows = []
+        for row in built.rows:
             if row["prompt_id"] in seen:
-                dup += 1
+                built.skip(DUPLICATE)
                 continue
             seen.add(row["prompt_id"])
             rows.append(row)
-    return rows, dup
+        out.append(Built(rows, dict(built.skipped)))
+    return out

@@ -8,35 +8,15 @@
         args: {path: org/dataset, split: train, messages_field: prompt, domain: math, gold_field: answer}
 
 `messages_field` holds either a chat list of {role, content} (the conversation so far,
-ending with the user's turn) or a plain string (the user's message). A missing column
-or a malformed row is one error line naming the file, the row and the column; nothing
-is dropped silently.
+ending with the user's turn) or a plain string (the user's message); `name` and `revision`
+pick a Hub dataset's config and revision. A missing column or a malformed row is one error
+line naming the file, the row and the column; nothing is dropped silently.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from data_builders._load import iter_rows, load
 from fusechat3.schema import RowError, make_prompt
-
-# File suffix -> the `datasets` loader that reads it.
-_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
-
-
-def _load(path: str, split: str):
-    import datasets
-
-    datasets.disable_progress_bars()
-    local = Path(path).expanduser()
-    try:
-        if local.is_file():
-            loader = _LOADERS.get(local.suffix)
-            if loader is None:
-                raise ValueError(f"chat builder: {path}: unknown file type {local.suffix!r}; use {sorted(_LOADERS)}")
-            return datasets.load_dataset(loader, data_files=str(local), split="train")
-        return datasets.load_dataset(str(local) if local.is_dir() else path, split=split)
-    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as e:
-        raise ValueError(f"chat builder: cannot load {path!r} ({str(e).splitlines()[0]})") from None
 
 
 def _conversation(value: object, where: str) -> list[dict]:
@@ -55,19 +35,16 @@ def build(
     gold_field: str | None = None,
     tests_field: str | None = None,
     limit: int | None = None,
+    name: str | None = None,
+    revision: str | None = None,
 ) -> list[dict]:
-    ds = _load(path, split)
-    wanted = [f for f in (messages_field, gold_field, tests_field) if f]
-    missing = [f for f in wanted if f not in ds.column_names]
-    if missing:
-        raise ValueError(
-            f"chat builder: {path}: no column(s) {missing} (found: {ds.column_names}); "
-            "name the right ones with args messages_field / gold_field / tests_field"
-        )
+    fields = [f for f in (messages_field, gold_field, tests_field) if f]
+    hint = "; name the right ones with args messages_field / gold_field / tests_field"
+    ds = load("chat", path, fields, split=split, name=name, revision=revision, hint=hint)
+    if limit is not None:
+        ds = ds.select(range(min(max(limit, 0), len(ds))))
     rows = []
-    for i, row in enumerate(ds):
-        if limit is not None and i >= limit:
-            break
+    for i, row in iter_rows(ds):
         where = f"chat builder: {path}: row {i}, column {messages_field!r}"
         messages = _conversation(row[messages_field], where)
         try:

@@ -56,10 +56,34 @@ class BuilderSpec:
 
     builder: str  # registry name of the builder module in data_builders/
     args: dict = field(default_factory=dict)  # free-form keyword arguments passed to the builder
+    # Keep this spec's math and code prompts in the instruction and zh domains (prompts stage; by
+    # default they are removed, as in FuseChat-3.0).
+    keep_math_code: bool = False
+    # After the shared filters, keep this fraction of the spec's rows, then at most `limit` of them,
+    # chosen by a hash of prompt_id and the recipe seed (deterministic); null limit: no cap.
+    limit: int | None = None
+    fraction: float = 1.0
 
     def _validate(self, where: str) -> None:
         if not self.builder:
             raise _fail(_key(where, "builder"), "must name a data builder, got ''")
+        if self.limit is not None:
+            _check_min(where, "limit", self.limit, 1)
+        if not 0.0 < self.fraction <= 1.0:
+            raise _fail(_key(where, "fraction"), f"must be in (0, 1], got {self.fraction}")
+
+
+@dataclass
+class DecontaminationSpec:
+    """Benchmark prompts that no training prompt may share a word n-gram with (prompts stage)."""
+
+    prompts: list[BuilderSpec]  # builders of the benchmark prompts (at least one)
+    ngram: int = 13  # n-gram length in words; shorter prompts are matched only whole
+
+    def _validate(self, where: str) -> None:
+        if not self.prompts:
+            raise _fail(_key(where, "prompts"), "must list at least one prompt builder")
+        _check_min(where, "ngram", self.ngram, 1)
 
 
 @dataclass
@@ -265,6 +289,8 @@ class Recipe:
     dpo: dict = field(default_factory=dict)  # TRL DPOConfig fields, validated by fusechat3.training
     controls: ControlsSpec = field(default_factory=ControlsSpec)  # single-source control runs
     eval: EvalSpec | None = None  # held-out evaluation (null: none)
+    # Drop training prompts that share a word n-gram with these benchmark prompts (null: off).
+    decontamination: DecontaminationSpec | None = None
     # Set by the loader: the YAML file this recipe came from. Not a YAML key, not hashed.
     path: str = field(default="", metadata={"yaml": False})
 

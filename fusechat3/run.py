@@ -40,8 +40,16 @@ class Run:
         r = self.recipe
         top, _, sub = name.partition("/")
         if top == "prompts":
-            files = [_local_files(spec.args) for spec in r.prompts]
-            return recipe_hash({"prompts": as_dict(r.prompts), "seed": r.seed, "files": files})
+            benchmark = r.decontamination.prompts if r.decontamination else []
+            files = [_local_files(spec.args) for spec in [*r.prompts, *benchmark]]
+            return recipe_hash(
+                {
+                    "prompts": as_dict(r.prompts),
+                    "decontamination": as_dict(r.decontamination),
+                    "seed": r.seed,
+                    "files": files,
+                }
+            )
         if top == "sample":
             from fusechat3.sampling.base import sampling_key
 

@@ -36,9 +36,19 @@ def eval_models(run: Run) -> dict[str, str]:
 
 
 def eval_prompt_rows(run: Run) -> list[dict]:
+    """The held-out prompts: each eval spec's rows (its `limit`/`fraction` applied); skips are logged."""
     from data_builders import collect
+    from data_builders._steps import select
 
-    return collect(run.recipe.eval.prompts, f"{run.recipe.path}: eval.prompts")[0]
+    rows: list[dict] = []
+    specs = run.recipe.eval.prompts
+    for i, (spec, built) in enumerate(zip(specs, collect(specs, f"{run.recipe.path}: eval.prompts"), strict=True)):
+        chosen = select(built.rows, limit=spec.limit, fraction=spec.fraction, seed=run.recipe.seed)
+        skipped = {**built.skipped, "over_limit": len(built.rows) - len(chosen)}
+        if any(skipped.values()):
+            log(f"eval.prompts[{i}] {spec.builder}: {len(chosen)} prompts, skipped {skipped}")
+        rows += chosen
+    return rows
 
 
 def run_eval(run: Run, only: list[str] | None = None) -> dict:

@@ -32,23 +32,31 @@ if TYPE_CHECKING:
 
 
 def run_prompts(run: Run) -> None:
+    """Every spec's builder, then the shared steps (math/code removal, decontamination, dedup, limit
+    and fraction: data_builders._steps); kept rows and skips by reason, per spec and per domain, go to
+    the stage's summary and `runs/<name>/prompts/summary.json`."""
     from data_builders import collect
+    from data_builders._steps import prepare, report_lines
+    from fusechat3.store import atomic_write
 
+    recipe = run.recipe
     stage = run.stage("prompts")
     if stage.done():
         log("prompts: done already")
         return
     t0 = time.time()
-    rows, dup = collect(run.recipe.prompts, f"{run.recipe.path}: prompts")
+    built = collect(recipe.prompts, f"{recipe.path}: prompts")
+    benchmark, ngram = None, 13
+    if recipe.decontamination is not None:
+        found = collect(recipe.decontamination.prompts, f"{recipe.path}: decontamination.prompts")
+        benchmark, ngram = [row for b in found for row in b.rows], recipe.decontamination.ngram
+    rows, summary = prepare(recipe.prompts, built, seed=recipe.seed, benchmark=benchmark, ngram=ngram)
     stage.write_shard("prompts", rows)
-    by_domain = Counter(r["domain"] for r in rows)
-    summary = {"rows_out": len(rows), "skipped": {"duplicate_prompt": dup}, "domains": dict(by_domain)}
+    summary["seconds"] = round(time.time() - t0, 1)
     stage.finish(summary)
-    print_summary(
-        "prompts",
-        [*((f"prompts ({d})", n) for d, n in sorted(by_domain.items())), ("skipped: duplicate prompt", dup)],
-        time.time() - t0,
-    )
+    text = json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False).encode()
+    atomic_write(stage.dir / "summary.json", lambda f: f.write(text))
+    print_summary("prompts", report_lines(summary), time.time() - t0)
 
 
 def shard_ranges(n_rows: int, shard_size: int) -> list[tuple[int, int]]:
