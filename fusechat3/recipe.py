@@ -117,6 +117,9 @@ class SamplingSpec:
         _check_min(where, "max_tokens", self.max_tokens, 1)
 
 
+ROLES = ("source", "target")
+
+
 @dataclass
 class SourceSpec:
     """A source LLM whose responses are fused into the target."""
@@ -133,8 +136,13 @@ class SourceSpec:
     # A Jinja chat template file (relative to the recipe's folder) used instead of the
     # model's own; null: the tokenizer's template.
     chat_template: str | None = None
+    # "source": a model whose responses are fused (SFT and DPO rows). "target": the target model's own
+    # samples, scored like a source's and used only for WRPO's chosen/rejected (at most one such entry).
+    role: str = "source"
 
     def _validate(self, where: str) -> None:
+        if self.role not in ROLES:
+            raise _fail(_key(where, "role"), f"must be one of {list(ROLES)}, got {self.role!r}")
         if not _NAME_RE.match(self.name):
             allowed = "letters, digits, '_', '.', '-'"
             raise _fail(_key(where, "name"), f"must be a simple name ({allowed}), got {self.name!r}")
@@ -316,6 +324,16 @@ class Recipe:
             where = f"{self.path or 'recipe'}: key 'sources[{self.sources.index(src)}].chat_template'"
             raise RecipeError(f"{where} cannot be read: {path} ({e.strerror}); give a Jinja template file") from None
 
+    @property
+    def fusion_sources(self) -> list[SourceSpec]:
+        """The sources whose responses are fused (role: source)."""
+        return [s for s in self.sources if s.role == "source"]
+
+    @property
+    def target_samples(self) -> SourceSpec | None:
+        """The entry of `sources` sampling the target itself (role: target), used for WRPO; None if there is none."""
+        return next((s for s in self.sources if s.role == "target"), None)
+
     def source(self, name: str) -> SourceSpec:
         """The source called `name`; a RecipeError naming the closest one if there is none."""
         for src in self.sources:
@@ -336,12 +354,18 @@ class Recipe:
             if src.name in names:
                 raise _fail(f"sources[{i}].name", f"repeats the source name {src.name!r}: source names must be unique")
             names.append(src.name)
+        targets = [i for i, src in enumerate(self.sources) if src.role == "target"]
+        if len(targets) > 1:
+            raise _fail(f"sources[{targets[1]}].role", "only one entry may have role: target (the target's samples)")
+        if len(targets) == len(self.sources):
+            raise _fail("sources", "must list at least one source with role: source (the models to fuse)")
+        fused = [s.name for s in self.fusion_sources]
         zh = self.building.zh_source
-        if zh is not None and zh not in names:
-            raise _fail("building.zh_source", f"names no source: {zh!r}{_did_you_mean(zh, names)}")
+        if zh is not None and zh not in fused:
+            raise _fail("building.zh_source", f"names no source: {zh!r}{_did_you_mean(zh, fused)}")
         for i, name in enumerate(self.controls.sources or []):
-            if name not in names:
-                raise _fail(f"controls.sources[{i}]", f"names no source: {name!r}{_did_you_mean(name, names)}")
+            if name not in fused:
+                raise _fail(f"controls.sources[{i}]", f"names no source: {name!r}{_did_you_mean(name, fused)}")
 
 
 def _check_min(where: str, name: str, value: float, lowest: float) -> None:

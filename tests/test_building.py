@@ -393,3 +393,154 @@ def test_orphan_rows_are_counted_and_duplicates_are_errors():
 def test_bad_config_values_name_the_recipe_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
         BuildConfig(**kwargs)
+
+
+# ---------------------------------------------------------------- WRPO triplets
+
+
+def test_wrpo_triplet_takes_best_source_response_and_targets_best_and_worst():
+    p = prompt()
+    r = build(
+        [p],
+        [
+            resp(p, "a", 0, 0.50),
+            resp(p, "a", 1, 0.55),
+            resp(p, "b", 0, 0.90),  # best source response
+            resp(p, "tgt", 0, 0.30),
+            resp(p, "tgt", 1, 0.70),  # target's best
+            resp(p, "tgt", 2, 0.10),  # target's worst
+            resp(p, "tgt", 3, 0.95, finish="length"),  # truncated: counted, never picked
+        ],
+        sft_fraction=ALL_DPO,
+        reward_gap=(0.01, 0.1),
+        target_source="tgt",
+    )
+    assert len(r.wrpo) == 1, r.stats
+    row = r.wrpo[0]
+    assert row["source_chosen"] == [{"role": "assistant", "content": "b-0"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "tgt-1"}]
+    assert row["rejected"] == [{"role": "assistant", "content": "tgt-2"}]
+    assert (row["model"], row["target_model"]) == ("b", "tgt")
+    assert (row["score_source_chosen"], row["score_chosen"], row["score_rejected"]) == (0.90, 0.70, 0.10)
+    assert row["prompt"] == p["messages"]
+    # The target's samples never reach the DPO set: the DPO pair is a's (in band), not tgt's (gap 0.6).
+    assert only_dpo(r)["model"] == "a"
+    assert r.stats["wrpo"] == {"instruction": 1}
+    assert r.stats["wrpo_invalid"] == {"instruction": {"truncated": 1}}
+    assert r.stats["invalid"] == {"instruction": {}}
+
+
+def test_wrpo_drops_are_counted_by_side_and_sft_split_prompts_give_no_triplet():
+    ps = [prompt(text=f"q{i}") for i in range(3)]
+    resps = []
+    resps += [
+        resp(ps[0], "a", 0, 0.5),
+        resp(ps[0], "tgt", 0, 0.4, text="same"),
+        resp(ps[0], "tgt", 1, 0.4, text="same"),
+    ]
+    resps += [resp(ps[1], "a", 0, 0.5, finish="length"), resp(ps[1], "tgt", 0, 0.4), resp(ps[1], "tgt", 1, 0.2)]
+    resps += [resp(ps[2], "a", 0, 0.5), resp(ps[2], "tgt", 0, 0.4)]
+    r = build(ps, resps, sft_fraction=ALL_DPO, target_source="tgt")
+    assert r.wrpo == []
+    assert r.stats["wrpo_drops"]["instruction"] == {"target_tie": 1, "source_no_valid": 1, "target_no_pair": 1}
+    # The same prompts in the SFT split: SFT rows, no WRPO attempt.
+    r = build(ps, resps, sft_fraction=ALL_SFT, target_source="tgt")
+    assert r.wrpo == [] and r.stats["wrpo_drops"]["instruction"] == {}
+    assert {row["model"] for row in r.sft} == {"a"}  # never the target's own response
+
+
+def test_wrpo_math_uses_correctness_on_both_sides():
+    p = prompt("math")
+    r = build(
+        [p],
+        [
+            resp(p, "a", 0, 0.9, correct=False),
+            resp(p, "a", 1, 0.2, correct=True),  # the best *correct* source response
+            resp(p, "tgt", 0, 0.8, correct=False),
+            resp(p, "tgt", 1, 0.1, correct=True),
+            resp(p, "tgt", 2, 0.3, correct=False),
+        ],
+        sft_fraction=ALL_DPO,
+        target_source="tgt",
+    )
+    row = r.wrpo[0]
+    assert (row["source_chosen"][0]["content"], row["chosen"][0]["content"], row["rejected"][0]["content"]) == (
+        "a-1",
+        "tgt-1",
+        "tgt-2",
+    )
+
+
+def test_wrpo_missing_target_samples_or_zh_from_target_is_a_clear_error():
+    p = prompt()
+    with pytest.raises(ValueError, match="target's samples .*'tgt'.* missing"):
+        build([p], [resp(p, "a", 0, 0.5)], target_source="tgt")
+    z = prompt("zh", text="ni hao")
+    with pytest.raises(ValueError, match="zh_source 'tgt' is the target's own samples"):
+        build([z], [resp(z, "tgt", 0, 0.5)], target_source="tgt", sft_only_source="tgt")
+
+
+# ---------------------------------------------------------------- properties over random worlds
+
+
+def _random_world(seed: int) -> tuple[list[dict], list[tuple]]:
+    rng = random.Random(seed)
+    prompts, resps = [], []
+    for i in range(60):
+        domain = rng.choice(["instruction", "math", "code", "zh"])
+        p = prompt(domain, text=f"{domain} {seed} {i}")
+        prompts.append(p)
+        for model in ("a", "b", "c", "tgt"):
+            for idx in range(rng.randint(0, 4)):
+                reward = rng.choice([None, float("nan")]) if rng.random() < 0.05 else round(rng.uniform(0, 0.2), 3)
+                correct = None if domain in ("instruction", "zh") else rng.random() < 0.5
+                text = rng.choice([None, "dup"])  # some identical texts make ties
+                finish = "length" if rng.random() < 0.05 else "stop"
+                resps.append(resp(p, model, idx, reward, correct, text=text, finish=finish))
+    return prompts, resps
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_properties_of_the_built_sets(seed):
+    prompts, resps = _random_world(seed)
+    cfg = dict(
+        sft_fraction={"instruction": 0.4, "math": 0.5, "code": 0.5},
+        reward_gap=(0.01, 0.1),
+        sft_only_source="a",
+        target_source="tgt",
+    )
+    r = build(prompts, resps, **cfg)
+    check_accounting(r.stats)
+    assert r.sft and r.dpo and r.wrpo  # the world is rich enough for every set
+    by_key = {schema.sample_key(s): (s, sc) for s, sc in resps}
+
+    def keys(row: dict, side: str, model: str) -> list:
+        text = row[side][0]["content"]
+        return [k for k, (s, _) in by_key.items() if k[:2] == (row["prompt_id"], model) and s["text"] == text]
+
+    for name, rows in (("dpo", r.dpo), ("wrpo", r.wrpo)):
+        for row in rows:
+            model = row["model"] if name == "dpo" else row["target_model"]
+            chosen, rejected = keys(row, "chosen", model), keys(row, "rejected", model)
+            # The pair comes from one model (never mixing sources), and DPO never uses the target's own samples.
+            assert chosen and rejected, row
+            assert name == "wrpo" or model != "tgt"
+            if row["domain"] in ("math", "code"):
+                # Correctness domains: the chosen passes, the rejected fails.
+                assert any(by_key[k][1]["correct"] is True for k in chosen)
+                assert any(by_key[k][1]["correct"] is False for k in rejected)
+            if row["domain"] == "instruction" or name == "dpo":
+                # Reward-ranked pairs (and every banded DPO pair): the chosen never scores below the rejected.
+                assert row["score_chosen"] >= row["score_rejected"], row
+            if name == "dpo":
+                gap = row["score_chosen"] - row["score_rejected"]
+                assert 0.01 - 1e-9 <= gap <= 0.1 + 1e-9
+    for row in r.wrpo:
+        assert row["target_model"] == "tgt" and row["model"] != "tgt"
+        assert row["score_source_chosen"] is not None
+    # A prompt gives an SFT row or a DPO/WRPO row, never both; zh only SFT, only from the designated source.
+    sft_ids = {row["prompt_id"] for row in r.sft}
+    assert not sft_ids & {row["prompt_id"] for row in r.dpo + r.wrpo}
+    assert {row["model"] for row in r.sft if row["domain"] == "zh"} <= {"a"}
+    assert "tgt" not in {row["model"] for row in r.sft}
+    assert not any(row["domain"] == "zh" for row in r.dpo + r.wrpo)

@@ -36,8 +36,22 @@ TINY = [
 ]
 
 
+# The target's own samples (role: target) for the WRPO set, on instruction prompts only.
+TARGET_SAMPLES = """\
+  - name: target-own
+    model: toyworld:target
+    role: target
+    domains: [instruction]
+    sampling: {n: 2, temperature: 0.8, top_p: 0.95, max_tokens: 64}
+
+sampler:"""
+
+
 def _recipe(tmp: Path, extra: list[str] = ()):
-    return load_recipe(RECIPE, [*TINY, f"run_dir={tmp}", *extra])
+    text = RECIPE.read_text(encoding="utf-8").replace("\nsampler:", "\n" + TARGET_SAMPLES, 1)
+    path = tmp / "imf-wrpo.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_recipe(path, [*TINY, f"run_dir={tmp}", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +89,8 @@ def test_every_stage_wrote_its_outputs(finished_run):
     sample_summary = json.loads((Path(run.dir.root) / "sample" / "summary.json").read_text())
     assert sample_summary["qwen2-code"]["samples"] == 24 * 2 + 4
     score_summary = json.loads((Path(run.dir.root) / "score" / "summary.json").read_text())
-    assert set(score_summary) == {"mistral-math", "qwen2-code", "gpt2-chat", "all"}
+    assert set(score_summary) == {"mistral-math", "qwen2-code", "gpt2-chat", "target-own", "all"}
+    assert score_summary["target-own"]["responses"] == 8 * 2  # instruction prompts only
     for name in ("mistral-math", "qwen2-code", "gpt2-chat"):
         figures = score_summary[name]
         assert figures["responses"] == len(samples[name])
@@ -120,6 +135,14 @@ def test_built_sets_follow_the_rules(finished_run):
             or row["score_chosen"] >= row["score_rejected"]
             or row["domain"] in ("math", "code")
         )
+    assert "target-own" not in {r["model"] for r in sft + dpo}
+    wrpo = pq.read_table(build / "wrpo.parquet").to_pylist()
+    assert wrpo, run.stage("build").summary()
+    for row in wrpo:  # source_chosen from a source; chosen and rejected are the target's own, ranked by reward
+        assert row["domain"] == "instruction" and row["target_model"] == "target-own" and row["model"] != "target-own"
+        assert row["score_chosen"] >= row["score_rejected"]
+        assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+        assert row["source_chosen"][0]["role"] == "assistant"
     control = pq.read_table(build / "control-gpt2-chat.parquet").to_pylist()
     assert {r["model"] for r in control} <= {"gpt2-chat"}
     assert scores

@@ -224,6 +224,20 @@ def test_zh_source_and_controls_must_name_sources(tmp_path):
     assert error_of(path) == f"{path}: key 'controls.sources[1]' names no source: 'bta' (did you mean 'beta'?)"
 
 
+def test_target_role_marks_the_targets_own_samples(tmp_path):
+    own = "  - name: own\n    model: toyworld:target\n    role: target\n"
+    r = load_recipe(write(tmp_path, MINIMAL.replace("scoring:", own + "scoring:")))
+    assert [s.name for s in r.fusion_sources] == ["alpha", "beta"]
+    assert r.target_samples.name == "own"
+    assert load_recipe(write(tmp_path, MINIMAL)).target_samples is None
+    path = write(tmp_path, MINIMAL.replace("scoring:", own.replace("role: target", "role: teacher") + "scoring:"))
+    assert error_of(path) == f"{path}: key 'sources[2].role' must be one of ['source', 'target'], got 'teacher'"
+    path = write(tmp_path, MINIMAL.replace("scoring:", own + own.replace("own", "own2") + "scoring:"))
+    assert "sources[3].role' only one entry may have role: target" in error_of(path)
+    path = write(tmp_path, MINIMAL.replace("scoring:", own + "scoring:") + "building: {zh_source: own}\n")
+    assert error_of(path) == f"{path}: key 'building.zh_source' names no source: 'own' (choose from: alpha, beta)"
+
+
 def test_value_checks(tmp_path):
     path = write(tmp_path, MINIMAL.replace("- name: beta", "- name: alpha"))
     assert error_of(path) == (
@@ -361,3 +375,32 @@ def test_missing_chat_template_fails_at_load(tmp_path):
     path = write(tmp_path, MINIMAL)
     message = error_of(path, ["sources.0.chat_template=nope.jinja"])
     assert "sources[0].chat_template" in message and str(tmp_path / "nope.jinja") in message
+
+
+def test_paper_data_recipe_mirrors_the_paper():
+    """recipes/fusechat3/data.yaml: the eight sources, the source models and their sampling, ArmoRM, the band."""
+    from data_builders import available
+
+    r = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "fusechat3" / "data.yaml")
+    builders = [spec.builder for spec in r.prompts]
+    assert builders == [
+        "ultrafeedback",
+        "magpie_pro_dpo",
+        "helpsteer2",
+        "openmathinstruct2",
+        "leetcode",
+        "self_oss_instruct",
+        "alpaca_gpt4_zh",
+        "magpie_qwen2_zh",
+    ]
+    assert set(builders) <= set(available())
+    by_name = {s.name: s for s in r.sources}
+    for name in ("gemma-2-27b", "mistral-large", "llama-3.1-70b"):
+        s = by_name[name].sampling
+        assert (s.temperature, s.top_p, s.n, s.n_for("code")) == (0.8, 0.95, 5, 8)
+    qwen = by_name["qwen-2.5-72b"].sampling
+    assert (qwen.temperature, qwen.top_p, qwen.repetition_penalty, qwen.n_for("zh")) == (0.7, 0.8, 1.05, 1)
+    assert by_name["qwen-2.5-math-72b"].domains == ["math"]
+    assert r.building.zh_source == "qwen-2.5-72b" and r.building.reward_gap == [0.01, 0.1]
+    assert r.building.sft_fraction["instruction"] == 0.4
+    assert r.scoring.reward_model.model == "RLHFlow/ArmoRM-Llama3-8B-v0.1" and r.scoring.reward_model.trust_remote_code

@@ -44,6 +44,9 @@ class BuildConfig:
     sft_only_domains: tuple[str, ...] = ("zh",)
     sft_only_source: str | None = None
     only_source: str | None = None
+    # The source whose samples are the target model's own responses (recipe `role: target`): they never
+    # make SFT or DPO rows; they make WRPO's chosen/rejected. None: no WRPO set.
+    target_source: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -73,11 +76,12 @@ class BuildConfig:
 
 @dataclass
 class BuildResult:
-    """The SFT rows, the DPO rows (TRL conversational formats) and the counts behind them."""
+    """The SFT rows, the DPO rows, the WRPO rows (TRL conversational formats) and the counts behind them."""
 
     sft: list[dict]
     dpo: list[dict]
     stats: dict
+    wrpo: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -310,6 +314,30 @@ def _dpo_row(prompt: dict, chosen: _Resp, rejected: _Resp) -> dict:
     }
 
 
+def _wrpo_row(prompt: dict, source_chosen: _Resp, chosen: _Resp, rejected: _Resp) -> dict:
+    row = _dpo_row(prompt, chosen, rejected)
+    row["source_chosen"] = [schema.assistant(source_chosen.text)]
+    row["model"] = source_chosen.model
+    row["target_model"] = chosen.model
+    row["score_source_chosen"] = source_chosen.reward
+    return row
+
+
+def _pick_triplet(
+    source_resps: list[_Resp], target_resps: list[_Resp], rule: str, domain: str
+) -> tuple[tuple[_Resp, _Resp, _Resp] | None, str]:
+    """WRPO (arXiv 2412.03187): the best source response (over every source, by the SFT rule) and the target's
+    own best and worst responses (by the DPO rule within the target, without a gap band). Reasons are
+    prefixed `source_` / `target_` so the counts say which side failed."""
+    best, reason = _pick_sft(source_resps, rule, domain)
+    if best is None:
+        return None, f"source_{reason}"
+    pair, reason = _pick_pair(target_resps, rule, domain, band=None)
+    if pair is None:
+        return None, f"target_{reason}"
+    return (best, *pair), ""
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -318,6 +346,10 @@ def _check_sources(cfg: BuildConfig, prompts_by_id: dict, samples_by_key: dict) 
     sources = sorted({model for (_, model, _) in samples_by_key})
     if cfg.only_source is not None and samples_by_key and cfg.only_source not in sources:
         raise ValueError(f"building.only_source {cfg.only_source!r} has no samples; sources seen: {sources}")
+    if cfg.target_source is not None and samples_by_key and cfg.target_source not in sources:
+        raise ValueError(
+            f"the target's samples (source {cfg.target_source!r}, role: target) are missing; sources seen: {sources}"
+        )
     sft_only = {pid for pid, p in prompts_by_id.items() if p["domain"] in cfg.sft_only_domains}
     if not sft_only:
         return
@@ -326,6 +358,10 @@ def _check_sources(cfg: BuildConfig, prompts_by_id: dict, samples_by_key: dict) 
         raise ValueError(
             f"{len(sft_only)} prompt(s) of SFT-only domain(s) {domains} but no designated source: "
             f"set building.zh_source to one of the sources {sources}"
+        )
+    if cfg.sft_only_source == cfg.target_source:
+        raise ValueError(
+            f"building.zh_source {cfg.sft_only_source!r} is the target's own samples (role: target); name a source"
         )
     seen = {model for (pid, model, _) in samples_by_key if pid in sft_only}
     if seen and cfg.sft_only_source not in seen:
@@ -353,19 +389,26 @@ def build_sets(prompts: list[dict], samples: list[dict], scores: list[dict], cfg
 
     rows_skipped = {"sample_without_prompt": 0, "score_without_sample": 0}
     by_prompt: dict[str, list[dict]] = defaultdict(list)
+    target_by_prompt: dict[str, list[dict]] = defaultdict(list)  # the target's own samples: WRPO only
     for key, sample in samples_by_key.items():
-        if key[0] in prompts_by_id:
-            by_prompt[key[0]].append(sample)
-        else:
+        if key[0] not in prompts_by_id:
             rows_skipped["sample_without_prompt"] += 1
+        elif cfg.target_source is not None and key[1] == cfg.target_source:
+            target_by_prompt[key[0]].append(sample)
+        else:
+            by_prompt[key[0]].append(sample)
     rows_skipped["score_without_sample"] = sum(1 for key in scores_by_key if key not in samples_by_key)
 
     domains = sorted({p["domain"] for p in prompts_by_id.values()})
-    counts = {name: Counter() for name in ("prompts", "sft", "dpo")}
+    counts = {name: Counter() for name in ("prompts", "sft", "dpo", "wrpo")}
     split_counts = {d: Counter() for d in domains}
-    reasons = {name: {d: Counter() for d in domains} for name in ("drops", "invalid", "ignored")}
+    reasons = {name: {d: Counter() for d in domains} for name in ("drops", "invalid", "ignored", "wrpo_drops")}
+    # The target's unusable responses are counted apart: they are not the sources' responses.
+    target_reasons = {"invalid": {d: Counter() for d in domains}, "ignored": {d: Counter() for d in domains}}
     sft_rows: list[dict] = []
     dpo_rows: list[dict] = []
+    wrpo_rows: list[dict] = []
+    wrpo = cfg.target_source is not None and cfg.only_source is None
 
     for pid in sorted(prompts_by_id):
         prompt = prompts_by_id[pid]
@@ -392,6 +435,16 @@ def build_sets(prompts: list[dict], samples: list[dict], scores: list[dict], cfg
             pair, reason = _pick_pair(resps, rule, domain, cfg.band_for(domain) if domain in rewarded else None)
             if pair is not None:
                 dpo_rows.append(_dpo_row(prompt, *pair))
+            if wrpo:
+                own = _usable(
+                    target_by_prompt.get(pid, []), scores_by_key, rule, domain in rewarded, None, target_reasons, domain
+                )
+                triplet, why = _pick_triplet(resps, own, rule, domain)
+                if triplet is None:
+                    reasons["wrpo_drops"][domain][why] += 1
+                else:
+                    wrpo_rows.append(_wrpo_row(prompt, *triplet))
+                    counts["wrpo"][domain] += 1
         if reason:
             reasons["drops"][domain][reason] += 1
         else:
@@ -401,11 +454,19 @@ def build_sets(prompts: list[dict], samples: list[dict], scores: list[dict], cfg
         "prompts": {d: counts["prompts"][d] for d in domains},
         "sft": {d: counts["sft"][d] for d in domains},
         "dpo": {d: counts["dpo"][d] for d in domains},
+        **({"wrpo": {d: counts["wrpo"][d] for d in domains}} if wrpo else {}),
         "split": {d: {"sft": split_counts[d]["sft"], "dpo": split_counts[d]["dpo"]} for d in domains},
-        **{name: {d: dict(sorted(c.items())) for d, c in per.items()} for name, per in reasons.items()},
+        **{
+            name: {d: dict(sorted(c.items())) for d, c in per.items()}
+            for name, per in reasons.items()
+            if wrpo or name != "wrpo_drops"
+        },
+        **(
+            {"wrpo_invalid": {d: dict(sorted(c.items())) for d, c in target_reasons["invalid"].items()}} if wrpo else {}
+        ),
         "rows": rows_skipped,
     }
-    return BuildResult(sft=sft_rows, dpo=dpo_rows, stats=stats)
+    return BuildResult(sft=sft_rows, dpo=dpo_rows, stats=stats, wrpo=wrpo_rows)
 
 
 def _usable(

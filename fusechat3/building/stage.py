@@ -1,7 +1,8 @@
 """The `build` stage: apply the FuseChat-3.0 rules to the scored samples and write the
-training sets in TRL's formats: `build/sft.parquet`, `build/dpo.parquet`, and, when
-controls are on, `build/control-<source>.parquet` (the SFT rows the same rules pick from
-that one source's responses: the single-source baselines).
+training sets in TRL's formats: `build/sft.parquet`, `build/dpo.parquet`; when the recipe
+samples the target itself (a source with `role: target`), `build/wrpo.parquet` (DPO rows plus
+`source_chosen`); and when controls are on, `build/control-<source>.parquet` (the SFT rows
+the same rules pick from that one source's responses: the single-source baselines).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def build_config(run: Run, only_source: str | None = None) -> BuildConfig:
         sft_only_domains=tuple(b.sft_only_domains),
         sft_only_source=b.zh_source,
         only_source=only_source,
+        target_source=run.recipe.target_samples.name if run.recipe.target_samples else None,
         seed=b.seed,
     )
 
@@ -30,7 +32,7 @@ def control_sources(run: Run) -> list[str]:
     c = run.recipe.controls
     if not c.enabled:
         return []
-    return list(c.sources) if c.sources is not None else [s.name for s in run.recipe.sources]
+    return list(c.sources) if c.sources is not None else [s.name for s in run.recipe.fusion_sources]
 
 
 def run_build(run: Run) -> None:
@@ -45,13 +47,18 @@ def run_build(run: Run) -> None:
     result = build_sets(prompts, samples, scores, build_config(run))
     stage.write_shard("sft", result.sft)
     stage.write_shard("dpo", result.dpo)
+    if build_config(run).target_source is not None:
+        stage.write_shard("wrpo", result.wrpo)
     controls = {}
     for name in control_sources(run):
         only = build_sets(prompts, samples, scores, build_config(run, only_source=name))
         stage.write_shard(f"control-{name}", only.sft)
         controls[name] = {"sft": len(only.sft), "stats": only.stats}
     secs = time.time() - t0
-    stage.finish({"sft": len(result.sft), "dpo": len(result.dpo), "stats": result.stats, "controls": controls})
+    counts = {"sft": len(result.sft), "dpo": len(result.dpo)}
+    if build_config(run).target_source is not None:
+        counts["wrpo"] = len(result.wrpo)
+    stage.finish({**counts, "stats": result.stats, "controls": controls})
     rows: list[tuple[str, object]] = []
     for domain in sorted(result.stats["prompts"]):
         rows.append(
@@ -60,6 +67,10 @@ def run_build(run: Run) -> None:
                 f"{result.stats['prompts'][domain]} -> {result.stats['sft'].get(domain, 0)} / {result.stats['dpo'].get(domain, 0)}",
             )
         )
+        if "wrpo" in result.stats:
+            rows.append((f"{domain}: wrpo triplets", result.stats["wrpo"][domain]))
+            for reason, n in sorted(result.stats["wrpo_drops"][domain].items()):
+                rows.append((f"  wrpo dropped: {reason}", n))
         for reason, n in sorted(result.stats["drops"].get(domain, {}).items()):
             rows.append((f"  prompts dropped: {reason}", n))
         for reason, n in sorted(result.stats["invalid"].get(domain, {}).items()):

@@ -30,7 +30,7 @@ def eval_models(run: Run) -> dict[str, str]:
     models["target_dpo"] = str(root / "dpo" / "model")
     for name in control_sources(run):
         models[f"target_single_{name}"] = str(root / "controls" / name / "model")
-    for src in run.recipe.sources:
+    for src in run.recipe.fusion_sources:  # the target's own samples (role: target) are target_before
         models[src.name] = resolve_model(src.model)
     return models
 
