@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml requirements/cpu-excludes.txt
 
 demo: $(STAMP)
 	$(BIN)/fusechat3 run $(RECIPE)
+	$(BIN)/fusechat3 report $(RECIPE)
+	$(BIN)/fusechat3 push $(RECIPE) --local-dir
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

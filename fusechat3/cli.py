@@ -58,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
         if name == "eval":
             sp.add_argument("--models", nargs="+", help="evaluate only these models (e.g. target_before qwen2-code)")
 
+    rp = with_recipe("report", "plots and an HTML page of what the build made and why")
+    rp.add_argument("--out", metavar="DIR", help="output folder (default: runs/<name>/report)")
+    pu = with_recipe("push", "publish the training sets with a dataset card: to the Hub, or a local folder")
+    where = pu.add_mutually_exclusive_group(required=True)
+    where.add_argument("--repo-id", metavar="ORG/NAME", help="the Hub dataset to push to (needs a token)")
+    where.add_argument(
+        "--local-dir", nargs="?", const="", metavar="DIR", help="write the Hub layout here (no DIR: runs/<name>/hub)"
+    )
+    pu.add_argument("--private", action="store_true", help="create the Hub dataset private")
+    pu.add_argument("--license", default="other", help="the card's license id, e.g. apache-2.0 (default: other)")
+    pu.add_argument("--revision", help="the Hub branch to push to (default: main)")
+
     tw = sub.add_parser("toyworld", help="the toy world: build its models")
     tws = tw.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
     b = tws.add_parser("build", help="train the toy world's models from a seed (minutes on 2 CPU cores)")
@@ -103,6 +115,19 @@ def _dispatch(args: argparse.Namespace) -> None:
         if args.source:
             run.recipe.source(args.source)  # one clear line if there is no such source
         run_sample(run, args.source, _shard(args.shard))
+    elif args.command == "report":
+        from fusechat3.report import write_report
+
+        write_report(run, args.out)
+    elif args.command == "push":
+        from fusechat3.export import export_local, push
+
+        if args.repo_id is None:
+            if args.private or args.revision:
+                raise ValueError("--private and --revision go with --repo-id, not --local-dir")
+            export_local(run, args.local_dir or None, license=args.license)
+        else:
+            push(run, args.repo_id, private=args.private, license=args.license, revision=args.revision)
     elif args.command == "eval":
         from fusechat3.evaluation.stage import run_eval
 
