@@ -263,6 +263,12 @@ class ControlsSpec:
 
     enabled: bool = False  # train the controls too
     sources: list[str] | None = None  # sources to make a control of (null: every source); must name sources
+    # Controls trained at once, each in its own process with an equal share of the CPU threads (1: one after
+    # another, in this process). On a CPU with small models, 2-3 at once use the cores better than one.
+    parallel: int = 1
+
+    def _validate(self, where: str) -> None:
+        _check_min(where, "parallel", self.parallel, 1)
 
 
 @dataclass

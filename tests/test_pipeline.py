@@ -31,7 +31,8 @@ TINY = [
     "dpo.max_steps=2",
     "dpo.per_device_train_batch_size=4",
     "dpo.logging_steps=1",
-    "controls.sources=[gpt2-chat]",
+    "controls.sources=[gpt2-chat, mistral-math]",
+    "controls.parallel=2",  # two controls at once, each in its own process
     "eval.prompts.0.args.per_domain=3",
 ]
 
@@ -153,15 +154,15 @@ def test_training_changed_the_target(finished_run):
     from fusechat3.recipe import resolve_model
 
     before = _weights(resolve_model("toyworld:target"))
-    for stage in ("sft", "dpo", "controls/gpt2-chat"):
+    for stage in ("sft", "dpo", "controls/gpt2-chat", "controls/mistral-math"):
         after = _weights(str(Path(run.dir.root) / stage / "model"))
         changed = sum(not (before[k] == after[k]).all() for k in before if k in after)
         assert changed > 0, f"{stage} did not change the parameters"
     sft_steps = json.loads((Path(run.dir.root) / "sft" / "model" / "trainer_state.json").read_text())["global_step"]
-    ctl_steps = json.loads(
-        (Path(run.dir.root) / "controls" / "gpt2-chat" / "model" / "trainer_state.json").read_text()
-    )["global_step"]
-    assert sft_steps == ctl_steps == 3  # controls get the same SFT budget
+    for name in ("gpt2-chat", "mistral-math"):  # trained in two processes at once (controls.parallel=2)
+        state = json.loads((Path(run.dir.root) / "controls" / name / "model" / "trainer_state.json").read_text())
+        assert sft_steps == state["global_step"] == 3  # controls get the same SFT budget
+        assert run.stage(f"controls/{name}").done()
 
 
 def test_scoreboard(finished_run):

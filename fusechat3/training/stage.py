@@ -98,12 +98,38 @@ def run_controls(run: Run) -> None:
         )
     args = {k: v for k, v in run.recipe.sft.items() if k != "num_train_epochs"}
     args["max_steps"] = int(steps)
-    for name in names:
-        _train(
-            run,
-            f"controls/{name}",
-            "sft",
-            resolve_model(run.recipe.target.model),
-            [training_file(run, f"control-{name}")],
-            args,
-        )
+    jobs = [(f"controls/{name}", [training_file(run, f"control-{name}")]) for name in names]
+    for stage_name, _ in jobs:
+        if run.stage(stage_name).done():
+            log(f"{stage_name}: done already")
+    jobs = [job for job in jobs if not run.stage(job[0]).done()]
+    parallel = min(run.recipe.controls.parallel, len(jobs))
+    if parallel <= 1:
+        for stage_name, files in jobs:
+            _train(run, stage_name, "sft", resolve_model(run.recipe.target.model), files, args)
+        return
+    _train_in_processes(run, jobs, args, parallel)
+
+
+def _train_in_processes(run: Run, jobs: list[tuple[str, list[str]]], args: dict, parallel: int) -> None:
+    """Train the controls `parallel` at a time, each in a fresh process with its share of the CPU threads.
+    Each control is its own stage, so a killed run resumes with the unfinished ones."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    quiet = {**args, "disable_tqdm": True}  # several progress bars at once would garble the terminal
+    log(f"controls: {len(jobs)} trainings, {parallel} at a time, {threads} CPU thread(s) each")
+    model = resolve_model(run.recipe.target.model)
+    with ProcessPoolExecutor(parallel, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_child, run, name, model, files, quiet, threads) for name, files in jobs]
+        for future in futures:
+            future.result()  # a failed control raises here, after the others have finished or failed
+
+
+def _train_child(run: Run, name: str, model: str, files: list[str], args: dict, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _train(run, name, "sft", model, files, args)
