@@ -259,8 +259,9 @@ class RewardModel:
             while end > 1 and seq[end - 1] == self.pad_id:
                 end -= 1
             prompts.append({"prompt_token_ids": seq[:end]})
-        # Raw logits: vLLM's classify applies a sigmoid/softmax by default.
-        outs = self.llm.classify(prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=True)
+        # Raw logits: vLLM's classify applies a sigmoid/softmax by default. No bar of its own: the score
+        # stage shows one for the whole stage.
+        outs = self.llm.classify(prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
         return self._one_value_each([list(o.outputs.probs) for o in outs])
 
     def close(self) -> None:
