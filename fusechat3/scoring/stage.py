@@ -76,23 +76,37 @@ def run_score(run: Run) -> None:
 
 def _score_chunk(recipe, rm, chunk: list[dict], prompts: dict[str, dict]) -> list[dict]:
     chunk_prompts = [prompts[s["prompt_id"]] for s in chunk]
+    # Identical responses to one prompt (common when N samples come from one model) are judged once: every
+    # judge is a function of (prompt, response), so the copies get the first one's reward and verdict. The
+    # samples are sorted by prompt_id, so a prompt's copies sit in one chunk.
+    first: dict[tuple, int] = {}
+    judged_as = [
+        first.setdefault((s["prompt_id"], s["finish_reason"] == "error", s["text"]), i) for i, s in enumerate(chunk)
+    ]
+    unique = sorted(first.values())
     # Every response that exists is scored, truncated and empty ones included (flagged).
-    live = [i for i, s in enumerate(chunk) if s["finish_reason"] != "error"]
+    live = [i for i in unique if chunk[i]["finish_reason"] != "error"]
     rewards: dict[int, tuple[float | None, str]] = {}
     if live:
         convs = [chunk_prompts[i]["messages"] + [assistant(chunk[i]["text"])] for i in live]
         rewards = dict(zip(live, rm.score(convs), strict=True))
-    checks = verify_many(
-        chunk_prompts,
-        [s["text"] for s in chunk],
-        timeout_s=recipe.scoring.code.timeout_s,
-        memory_mb=recipe.scoring.code.memory_mb,
-        workers=recipe.scoring.code.workers,
+    checks = dict(
+        zip(
+            unique,
+            verify_many(
+                [chunk_prompts[i] for i in unique],
+                [chunk[i]["text"] for i in unique],
+                timeout_s=recipe.scoring.code.timeout_s,
+                memory_mb=recipe.scoring.code.memory_mb,
+                workers=recipe.scoring.code.workers,
+            ),
+            strict=True,
+        )
     )
     rows = []
     for i, s in enumerate(chunk):
-        reward, status = rewards.get(i, (None, "error"))
-        correct, verdict = checks[i]
+        reward, status = rewards.get(judged_as[i], (None, "error"))
+        correct, verdict = checks[judged_as[i]]
         if s["finish_reason"] == "error":
             correct, verdict = None, "error"
         elif verdict == "unchecked" and reward is None:
