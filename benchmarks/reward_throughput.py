@@ -101,6 +101,24 @@ def main() -> None:
     lengths = [len(tok(tok.apply_chat_template(c, tokenize=False), add_special_tokens=False)["input_ids"])
                for c in conversations]  # fmt: skip
     dtype = next(model.parameters()).dtype
+    # Where the ceiling is: the dense work is about 2 FLOPs per weight (outside the embedding) per token, the
+    # same on both sides; a plain matmul of the model's own width, as big as a batch, is the most this machine
+    # does per second. If the batched side already runs near that rate, no batching can go faster.
+    embed = sum(p.numel() for n, p in model.named_parameters() if "embed" in n)
+    dense = sum(p.numel() for p in model.parameters()) - embed
+    work = 2.0 * dense * sum(lengths)
+    width = model.config.hidden_size
+    a = torch.randn(args.max_tokens_per_batch, width, dtype=dtype, device=model.device)
+    b = torch.randn(width, getattr(model.config, "intermediate_size", 4 * width), dtype=dtype, device=model.device)
+    a @ b
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    peak = 10 * 2.0 * a.shape[0] * width * b.shape[1] / (time.perf_counter() - t0)
     rm.close()
 
     print(
@@ -114,6 +132,13 @@ def main() -> None:
               + ", ".join(f"{r:.1f}" for r in rates[name]) + ")")  # fmt: skip
     ratio = statistics.median(rates["batched"]) / statistics.median(rates["naive"])
     print(f"  ratio batched / naive: {ratio:.1f}x (target >= 5x)")
+    gflops = {name: work * statistics.median(rates[name]) / len(conversations) / 1e9 for name in sides}
+    print(
+        f"  dense work {work / 1e9:.1f} GFLOP per pass ({dense / 1e6:.2f}M weights x {sum(lengths)} tokens x 2): "
+        f"naive {gflops['naive']:.1f} GFLOP/s, batched {gflops['batched']:.1f} GFLOP/s; a [{a.shape[0]}x{width}] @ "
+        f"[{width}x{b.shape[1]}] matmul runs at {peak / 1e9:.1f} GFLOP/s here, so batching can reach at most "
+        f"~{peak / 1e9 / gflops['naive']:.1f}x over the naive loop on this device"
+    )
     print(f"  max |reward batched - reward naive|: {diff:.2e} (target <= 1e-4 in float32)")
 
     if args.vllm:
