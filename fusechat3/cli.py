@@ -2,6 +2,10 @@
 
 Heavy libraries (torch, vLLM, TRL) are imported by the stages themselves, so
 `fusechat3 --help` and a recipe error answer at once.
+
+`fusechat3 sft|dpo|wrpo <yaml>` take either a run recipe (it has `sources:`: the run's
+stage) or a training config (top-level `model:` and an `sft:`/`dpo:`/`wrpo:` section: the
+same as `python -m fusechat3.training.<x> --config <yaml>`).
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ STAGE_HELP = {
     "sample": "sample N responses per prompt from each source (vLLM by default)",
     "score": "score every response: reward model + math/code verification",
     "build": "build the SFT and DPO sets by the FuseChat-3.0 rules",
-    "sft": "SFT of the target on the SFT set (TRL)",
-    "dpo": "DPO of the SFT model on the DPO set (TRL; e.g. length-normalized)",
+    "sft": "SFT of the target on the SFT set (TRL); or train from a training config (model: + sft:)",
+    "dpo": "DPO of the SFT model on the DPO set (TRL; e.g. length-normalized); or from a config (model: + dpo:)",
     "controls": "single-source control runs (same SFT budget, one source's data)",
     "eval": "held-out accuracy of every model of the run -> scoreboard.json",
 }
+# Commands that also take a training config: the same as `python -m fusechat3.training.<command> --config`.
+TRAINING_COMMANDS = ("sft", "dpo", "wrpo")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +39,13 @@ def _parser() -> argparse.ArgumentParser:
 
     def with_recipe(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("recipe", help="recipe YAML, e.g. recipes/toyworld/imf.yaml")
+        what = "recipe YAML, e.g. recipes/toyworld/imf.yaml"
+        if name in TRAINING_COMMANDS:
+            example = (
+                "recipes/wrpo/llama-3.1-8b.yaml" if name == "wrpo" else f"recipes/fusechat3/llama-3.1-8b/{name}.yaml"
+            )
+            what += f", or a training config, e.g. {example}"
+        sp.add_argument("recipe", help=what)
         sp.add_argument(
             "--set",
             dest="overrides",
@@ -58,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "eval":
             sp.add_argument("--models", nargs="+", help="evaluate only these models (e.g. target_before qwen2-code)")
 
+    with_recipe("wrpo", "WRPO of the SFT model on the WRPO triplets (TRL), from a training config (model: + wrpo:)")
     rp = with_recipe("report", "plots and an HTML page of what the build made and why")
     rp.add_argument("--out", metavar="DIR", help="output folder (default: runs/<name>/report)")
     pu = with_recipe("push", "publish the training sets with a dataset card: to the Hub, or a local folder")
@@ -92,14 +105,33 @@ def _shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def _dispatch(args: argparse.Namespace) -> None:
+def _train_from_config(command: str, path: str, overrides: list[str]) -> int:
+    """Run `python -m fusechat3.training.<command> --config <path> --set ...` in this process; its exit code."""
+    import importlib
+
+    argv = ["--config", path] + [arg for item in overrides for arg in ("--set", item)]
+    return importlib.import_module(f"fusechat3.training.{command}").main(argv)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in TRAINING_COMMANDS:
+        from fusechat3.pipeline import STAGES
+        from fusechat3.training.common import is_training_config
+
+        if is_training_config(args.recipe, args.command):
+            return _train_from_config(args.command, args.recipe, args.overrides)
+        if args.command not in STAGES:  # no stage of a run by that name: a training config is the only way
+            raise ValueError(
+                f"{args.recipe}: `fusechat3 {args.command}` takes a training config (top-level model: and "
+                f"{args.command}:, e.g. recipes/wrpo/llama-3.1-8b.yaml), not a run recipe"
+            )
     if args.command == "toyworld":
         from pathlib import Path
 
         from fusechat3.toyworld.build import build
 
         build(Path(args.out) if args.out else None, seed=args.seed, only=args.only, jobs=args.jobs)
-        return
+        return 0
 
     from fusechat3.recipe import load_recipe
     from fusechat3.run import Run
@@ -136,6 +168,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         from fusechat3.pipeline import stage_fn
 
         stage_fn(args.command)(run)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        _dispatch(args)
+        code = _dispatch(args)
     except (ValueError, FileNotFoundError) as err:
         if args.verbose:
             raise
@@ -153,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"fusechat3: error: {msg}", file=sys.stderr)
         return 2
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ FuseChat-3.0 trains the Llama targets with length-normalized DPO, which TRL has 
 The rows are already TRL's conversational preference form (`prompt`, `chosen`, `rejected`);
 only those columns are read. Without `ref_model` the reference is the starting model
 (with `precompute_ref_log_probs: true` its log-probs are computed once, before training).
+LoRA (`peft:`), resuming (`dpo.resume_from_checkpoint`) and the paper's checkpoint choice
+(`select_checkpoint:`, by eval loss or reward accuracy on held-out pairs) are described in `common`.
 
 On a cluster:
 
@@ -20,6 +22,7 @@ from typing import Any
 
 from fusechat3.recipe import resolve_model
 from fusechat3.training.common import (
+    TrainingOptions,
     build_trl_config,
     check_trl_args,
     checked_files,
@@ -33,10 +36,14 @@ from fusechat3.training.common import (
     parse_cli,
     report_trl_drops,
     run_cli,
-    save_final,
+    train_and_save,
+    training_options,
 )
 
 DPO_COLUMNS = ("prompt", "chosen", "rejected")  # TRL's columns of a DPO row; the analysis columns are not read
+# What DPOTrainer.evaluate() reports that can choose a checkpoint (select_checkpoint.metric):
+# rewards/accuracies is the share of held-out pairs whose chosen response gets the higher implicit reward.
+DPO_METRICS = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")
 
 
 def dpo_config(args: dict, output_dir: str) -> Any:
@@ -82,9 +89,19 @@ def load_ref_model(path: str, config: Any) -> Any:
 
 
 def build_dpo_trainer(
-    model: str, train_dataset: Any, config: Any, *, ref_model: str | None = None, eval_dataset: Any | None = None
+    model: str,
+    train_dataset: Any,
+    config: Any,
+    *,
+    ref_model: str | None = None,
+    eval_dataset: Any | None = None,
+    peft_config: Any = None,
 ) -> Any:
-    """A ready `trl.DPOTrainer` on datasets with `prompt`/`chosen`/`rejected` columns (rows checked first)."""
+    """A ready `trl.DPOTrainer` on datasets with `prompt`/`chosen`/`rejected` columns (rows checked first).
+
+    `peft_config`: a peft.LoraConfig to train a LoRA adapter; without `ref_model` the reference is
+    then the base model with the adapter turned off (TRL's way).
+    """
     from trl import DPOTrainer
 
     tokenizer = load_tokenizer(model, config)  # first: a wrong model path fails before any data work
@@ -97,18 +114,38 @@ def build_dpo_trainer(
         train_dataset=train,
         eval_dataset=evals,
         processing_class=tokenizer,
+        peft_config=peft_config,
     )
     report_trl_drops("dpo train", len(train), trainer)
     return trainer
 
 
 def run_dpo(
-    model: str, train_dataset: Any, config: Any, *, ref_model: str | None = None, eval_dataset: Any | None = None
+    model: str,
+    train_dataset: Any,
+    config: Any,
+    *,
+    ref_model: str | None = None,
+    eval_dataset: Any | None = None,
+    peft: dict | None = None,
+    select_checkpoint: dict | None = None,
 ) -> str:
-    """Train with a built `DPOConfig` on loaded datasets and save the model + tokenizer to `config.output_dir`."""
-    trainer = build_dpo_trainer(model, train_dataset, config, ref_model=ref_model, eval_dataset=eval_dataset)
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    return save_final(trainer, config.output_dir)
+    """Train with a built `DPOConfig` on loaded datasets and save the model + tokenizer to `config.output_dir`.
+
+    `peft`: the config's `peft:` mapping (LoRA); `select_checkpoint`: its `select_checkpoint:` mapping.
+    """
+    options = dpo_options(config, peft, select_checkpoint, has_eval=eval_dataset is not None)
+    trainer = build_dpo_trainer(
+        model, train_dataset, config, ref_model=ref_model, eval_dataset=eval_dataset, peft_config=options.peft_config
+    )
+    return train_and_save(trainer, options)
+
+
+def dpo_options(config: Any, peft: dict | None, select_checkpoint: dict | None, has_eval: bool) -> TrainingOptions:
+    """The checked LoRA and checkpoint-choice options of a DPO run (`common.TrainingOptions`)."""
+    return training_options(
+        config, peft=peft, select_checkpoint=select_checkpoint, has_eval=has_eval, where="dpo", metrics=DPO_METRICS
+    )
 
 
 def train_dpo(
@@ -119,18 +156,27 @@ def train_dpo(
     *,
     ref_model: str | None = None,
     eval_files: list[str] | None = None,
+    peft: dict | None = None,
+    select_checkpoint: dict | None = None,
 ) -> str:
-    """DPO `model` on parquet preference rows with TRL `DPOConfig` fields `args`; returns `output_dir`."""
+    """DPO `model` on parquet preference rows with TRL `DPOConfig` fields `args`; returns `output_dir`.
+
+    `peft`: peft.LoraConfig fields (+ `merge`) for LoRA; `select_checkpoint`: `{metric, last}` to keep the
+    best of the last checkpoints on the held-out pairs of `eval_files` (see `common`).
+    """
     model = resolve_model(model)
     ref_model = resolve_model(ref_model) if ref_model else None
     # Cheap checks first, so that a typo costs no model or dataset loading.
     config = dpo_config(args, output_dir)
+    dpo_options(config, peft, select_checkpoint, has_eval=bool(eval_files))
     train_paths = checked_files(train_files, DPO_COLUMNS, "train_files", "DPO")
     eval_paths = checked_files(eval_files, DPO_COLUMNS, "eval_files", "DPO") if eval_files else None
     with config.main_process_first(desc="loading DPO data"):
         train = load_parquet(train_paths, DPO_COLUMNS)
         evals = load_parquet(eval_paths, DPO_COLUMNS) if eval_paths else None
-    return run_dpo(model, train, config, ref_model=ref_model, eval_dataset=evals)
+    return run_dpo(
+        model, train, config, ref_model=ref_model, eval_dataset=evals, peft=peft, select_checkpoint=select_checkpoint
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,15 +187,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trl import DPOConfig
 
         rc = load_run_config(ns.config, "dpo", DPOConfig, ns.overrides, extra_keys=("ref_model",))
+        extras = {"ref_model": rc.ref_model, "peft": rc.peft, "select_checkpoint": rc.select_checkpoint}
         if rc.train_files is not None:
-            return train_dpo(
-                rc.model, rc.train_files, rc.output_dir, rc.args, ref_model=rc.ref_model, eval_files=rc.eval_files
-            )
+            return train_dpo(rc.model, rc.train_files, rc.output_dir, rc.args, eval_files=rc.eval_files, **extras)
         config = dpo_config(rc.args, rc.output_dir)
+        dpo_options(config, rc.peft, rc.select_checkpoint, has_eval=rc.has_eval)  # before any data is loaded
         with config.main_process_first(desc="loading DPO data"):
             train = load_named_dataset(rc.dataset, rc.split, DPO_COLUMNS, "DPO")
             evals = load_named_dataset(rc.dataset, rc.eval_split, DPO_COLUMNS, "DPO") if rc.eval_split else None
-        return run_dpo(rc.model, train, config, ref_model=rc.ref_model, eval_dataset=evals)
+        return run_dpo(rc.model, train, config, eval_dataset=evals, **extras)
 
     return run_cli(run)
 

@@ -5,6 +5,9 @@ prompt-completion form (prompt = every message but the last, completion = the la
 masks the prompt and the loss falls on the response only with any chat template, also
 templates without `{% generation %}` markers such as Llama-3.1's.
 
+LoRA (`peft:`), resuming (`sft.resume_from_checkpoint`) and the paper's checkpoint choice
+(`select_checkpoint:`, by eval loss on `eval_files`) are described in `common`.
+
 On a cluster:
 
     accelerate launch --config_file recipes/accelerate/zero3.yaml -m fusechat3.training.sft \\
@@ -19,6 +22,7 @@ from typing import Any
 
 from fusechat3.recipe import resolve_model
 from fusechat3.training.common import (
+    TrainingOptions,
     build_trl_config,
     check_trl_args,
     checked_files,
@@ -32,11 +36,14 @@ from fusechat3.training.common import (
     parse_cli,
     report_trl_drops,
     run_cli,
-    save_final,
+    train_and_save,
+    training_options,
 )
 
 SFT_COLUMNS = ("messages",)  # the TRL column of an SFT row; the analysis columns are not read
 _TRL_COLUMNS = ("prompt", "completion")
+# What SFTTrainer.evaluate() reports that can choose a checkpoint (select_checkpoint.metric).
+SFT_METRICS = ("eval_loss", "eval_mean_token_accuracy")
 
 
 def sft_config(args: dict, output_dir: str) -> Any:
@@ -68,8 +75,13 @@ def sft_row(row: dict) -> dict:
     return {"prompt": messages[:-1], "completion": messages[-1:], "skip": ""}
 
 
-def build_sft_trainer(model: str, train_dataset: Any, config: Any, eval_dataset: Any | None = None) -> Any:
-    """A ready `trl.SFTTrainer` on datasets that have a `messages` column (rows are checked and converted)."""
+def build_sft_trainer(
+    model: str, train_dataset: Any, config: Any, eval_dataset: Any | None = None, *, peft_config: Any = None
+) -> Any:
+    """A ready `trl.SFTTrainer` on datasets that have a `messages` column (rows are checked and converted).
+
+    `peft_config`: a peft.LoraConfig to train a LoRA adapter instead of every weight.
+    """
     from trl import SFTTrainer
 
     tokenizer = load_tokenizer(model, config)  # first: a wrong model path fails before any data work
@@ -81,31 +93,62 @@ def build_sft_trainer(model: str, train_dataset: Any, config: Any, eval_dataset:
         train_dataset=train,
         eval_dataset=evals,
         processing_class=tokenizer,
+        peft_config=peft_config,
     )
     report_trl_drops("sft train", len(train), trainer, packing=config.packing)
     return trainer
 
 
-def run_sft(model: str, train_dataset: Any, config: Any, eval_dataset: Any | None = None) -> str:
-    """Train with a built `SFTConfig` on loaded datasets and save the model + tokenizer to `config.output_dir`."""
-    trainer = build_sft_trainer(model, train_dataset, config, eval_dataset)
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    return save_final(trainer, config.output_dir)
+def run_sft(
+    model: str,
+    train_dataset: Any,
+    config: Any,
+    eval_dataset: Any | None = None,
+    *,
+    peft: dict | None = None,
+    select_checkpoint: dict | None = None,
+) -> str:
+    """Train with a built `SFTConfig` on loaded datasets and save the model + tokenizer to `config.output_dir`.
+
+    `peft`: the config's `peft:` mapping (LoRA); `select_checkpoint`: its `select_checkpoint:` mapping.
+    """
+    options = sft_options(config, peft, select_checkpoint, has_eval=eval_dataset is not None)
+    trainer = build_sft_trainer(model, train_dataset, config, eval_dataset, peft_config=options.peft_config)
+    return train_and_save(trainer, options)
+
+
+def sft_options(config: Any, peft: dict | None, select_checkpoint: dict | None, has_eval: bool) -> TrainingOptions:
+    """The checked LoRA and checkpoint-choice options of an SFT run (`common.TrainingOptions`)."""
+    return training_options(
+        config, peft=peft, select_checkpoint=select_checkpoint, has_eval=has_eval, where="sft", metrics=SFT_METRICS
+    )
 
 
 def train_sft(
-    model: str, train_files: list[str], output_dir: str, args: dict, *, eval_files: list[str] | None = None
+    model: str,
+    train_files: list[str],
+    output_dir: str,
+    args: dict,
+    *,
+    eval_files: list[str] | None = None,
+    peft: dict | None = None,
+    select_checkpoint: dict | None = None,
 ) -> str:
-    """SFT `model` on parquet SFT rows with TRL `SFTConfig` fields `args`; returns `output_dir`, where it is saved."""
+    """SFT `model` on parquet SFT rows with TRL `SFTConfig` fields `args`; returns `output_dir`, where it is saved.
+
+    `peft`: peft.LoraConfig fields (+ `merge`) for LoRA; `select_checkpoint`: `{metric, last}` to keep the
+    best of the last checkpoints on `eval_files` (see `common`).
+    """
     model = resolve_model(model)
     # Cheap checks first, so that a typo costs no model or dataset loading.
     config = sft_config(args, output_dir)
+    sft_options(config, peft, select_checkpoint, has_eval=bool(eval_files))
     train_paths = checked_files(train_files, SFT_COLUMNS, "train_files", "SFT")
     eval_paths = checked_files(eval_files, SFT_COLUMNS, "eval_files", "SFT") if eval_files else None
     with config.main_process_first(desc="loading SFT data"):
         train = load_parquet(train_paths, SFT_COLUMNS)
         evals = load_parquet(eval_paths, SFT_COLUMNS) if eval_paths else None
-    return run_sft(model, train, config, evals)
+    return run_sft(model, train, config, evals, peft=peft, select_checkpoint=select_checkpoint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,13 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trl import SFTConfig
 
         rc = load_run_config(ns.config, "sft", SFTConfig, ns.overrides)
+        extras = {"peft": rc.peft, "select_checkpoint": rc.select_checkpoint}
         if rc.train_files is not None:
-            return train_sft(rc.model, rc.train_files, rc.output_dir, rc.args, eval_files=rc.eval_files)
+            return train_sft(rc.model, rc.train_files, rc.output_dir, rc.args, eval_files=rc.eval_files, **extras)
         config = sft_config(rc.args, rc.output_dir)
+        sft_options(config, rc.peft, rc.select_checkpoint, has_eval=rc.has_eval)  # before any data is loaded
         with config.main_process_first(desc="loading SFT data"):
             train = load_named_dataset(rc.dataset, rc.split, SFT_COLUMNS, "SFT")
             evals = load_named_dataset(rc.dataset, rc.eval_split, SFT_COLUMNS, "SFT") if rc.eval_split else None
-        return run_sft(rc.model, train, config, evals)
+        return run_sft(rc.model, train, config, evals, **extras)
 
     return run_cli(run)
 
