@@ -122,7 +122,7 @@ def run_side(kind: str, side: str, model: str, rows: list[dict], common: dict, e
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     args = {**common, **extra}
-    out = str(work / f"{kind}-{side}")
+    out = str(work / f"{kind}-{side}-{time.monotonic_ns()}")
     data = datasets.Dataset.from_list(rows)
     t0 = time.perf_counter()
     if kind == "sft":
@@ -160,6 +160,7 @@ def main() -> None:
     ap.add_argument("--kinds", default="sft,dpo")
     ap.add_argument("--ours-checkpointing", action="store_true", help="keep gradient checkpointing on our side")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak dense bf16 TFLOP/s (H100 SXM: 989)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per side; the fastest is kept")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
 
@@ -184,9 +185,14 @@ def main() -> None:
         for kind in args.kinds.split(","):
             rows = sft_rows if kind == "sft" else dpo_rows
             figures[kind] = {}
-            for side in ("default", "ours"):
-                extra = settings(kind, side, gpu, args.ours_checkpointing)
-                figures[kind][side] = {"settings": extra, **run_side(kind, side, model, rows, common, extra, work)}
+            # Rounds alternate between the sides; each side keeps its fastest round (the first round of a
+            # process also pays one-time costs: imports, kernel and dataset caches).
+            for _ in range(args.rounds):
+                for side in ("default", "ours"):
+                    extra = settings(kind, side, gpu, args.ours_checkpointing)
+                    f = {"settings": extra, **run_side(kind, side, model, rows, common, extra, work)}
+                    if side not in figures[kind] or f["tok_s"] > figures[kind][side]["tok_s"]:
+                        figures[kind][side] = f
     device = torch.cuda.get_device_name() if gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"model: {args.size or 'toyworld:target'}, {figures[next(iter(figures))]['default']['params'] / 1e6:.1f}M "
           f"parameters; {args.rows} rows, max_length {args.max_length}, batch {args.batch_size}; {device}")  # fmt: skip
