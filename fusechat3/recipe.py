@@ -231,6 +231,9 @@ class BuildingSpec:
     sft_only_domains: list[str] = field(default_factory=lambda: ["zh"])  # domains that give SFT rows only
     zh_source: str | None = None  # the one source whose responses make the zh SFT rows (must name a source)
     seed: int = 0  # seed of the SFT/DPO prompt split
+    # Fraction of the prompts whose rows are held out of training, in build/<set>-heldout.parquet: the
+    # held-out data of the training recipes' evaluation and checkpoint choice. 0: none.
+    heldout_fraction: float = 0.0
 
     def gap_for(self, domain: str) -> list[float] | None:
         """The reward-gap band of a domain's DPO pairs (None: no band)."""
@@ -240,6 +243,8 @@ class BuildingSpec:
         for domain, fraction in self.sft_fraction.items():
             if not 0.0 <= fraction <= 1.0:
                 raise _fail(_key(_key(where, "sft_fraction"), domain), f"must be in [0, 1], got {fraction}")
+        if not 0.0 <= self.heldout_fraction <= 0.5:
+            raise _fail(_key(where, "heldout_fraction"), f"must be in [0, 0.5], got {self.heldout_fraction}")
         _check_band(_key(where, "reward_gap"), self.reward_gap)
         for domain, band in self.reward_gap_per_domain.items():
             if band is not None:

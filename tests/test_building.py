@@ -544,3 +544,25 @@ def test_properties_of_the_built_sets(seed):
     assert {row["model"] for row in r.sft if row["domain"] == "zh"} <= {"a"}
     assert "tgt" not in {row["model"] for row in r.sft}
     assert not any(row["domain"] == "zh" for row in r.dpo + r.wrpo)
+
+
+def test_heldout_rows_leave_every_set_deterministically():
+    prompts, resps = _random_world(7)
+    cfg = dict(
+        sft_fraction={"instruction": 0.4, "math": 0.5, "code": 0.5},
+        reward_gap=(0.01, 0.1),
+        sft_only_source="a",
+        target_source="tgt",
+    )
+    full = build(prompts, resps, **cfg)
+    held = build(prompts, resps, heldout_fraction=0.3, **cfg)
+    assert held.heldout == build(prompts, resps, heldout_fraction=0.3, **cfg).heldout  # same rows every time
+    for name in ("sft", "dpo", "wrpo"):
+        kept, out, every = getattr(held, name), held.heldout[name], getattr(full, name)
+        # Held-out rows are exactly the rows of the held-out prompts, and never also in training.
+        assert sorted(r["prompt_id"] for r in kept + out) == sorted(r["prompt_id"] for r in every)
+        assert not {r["prompt_id"] for r in kept} & {r["prompt_id"] for r in out}
+        assert held.stats["heldout"][name] == len(out)
+    assert sum(map(len, held.heldout.values())) > 0 and full.heldout == {}
+    n = len(held.sft) + len(held.heldout["sft"])
+    assert 0.1 < len(held.heldout["sft"]) / n < 0.5

@@ -48,6 +48,7 @@ class BuildConfig:
     # make SFT or DPO rows; they make WRPO's chosen/rejected. None: no WRPO set.
     target_source: str | None = None
     seed: int = 0
+    heldout_fraction: float = 0.0  # share of prompts whose rows go to BuildResult.heldout instead
 
     def __post_init__(self) -> None:
         # Recipes come from YAML: accept lists where tuples are meant, and check ranges here
@@ -82,6 +83,8 @@ class BuildResult:
     dpo: list[dict]
     stats: dict
     wrpo: list[dict] = field(default_factory=list)
+    # The rows of held-out prompts, per set ("sft", "dpo", "wrpo"): not in the lists above.
+    heldout: dict[str, list[dict]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,14 @@ def split_of(prompt_id: str, domain: str, cfg: BuildConfig) -> str:
     digest = schema.stable_hash({"seed": cfg.seed, "prompt_id": prompt_id}, length=16)
     u = int(digest, 16) / 16**16  # uniform in [0, 1): 64 bits of the hash
     return "sft" if u < float(cfg.sft_fraction[domain]) else "dpo"
+
+
+def is_heldout(prompt_id: str, cfg: BuildConfig) -> bool:
+    """Whether a prompt's rows are held out of training: a hash of (seed, prompt_id), independent of the split."""
+    if cfg.heldout_fraction <= 0:
+        return False
+    digest = schema.stable_hash({"seed": cfg.seed, "heldout": prompt_id}, length=16)
+    return int(digest, 16) / 16**16 < cfg.heldout_fraction
 
 
 def _rule_of(domain: str, cfg: BuildConfig) -> str:
@@ -466,7 +477,14 @@ def build_sets(prompts: list[dict], samples: list[dict], scores: list[dict], cfg
         ),
         "rows": rows_skipped,
     }
-    return BuildResult(sft=sft_rows, dpo=dpo_rows, stats=stats, wrpo=wrpo_rows)
+    heldout: dict[str, list[dict]] = {}
+    if cfg.heldout_fraction > 0:
+        sets = {"sft": sft_rows, "dpo": dpo_rows, **({"wrpo": wrpo_rows} if wrpo else {})}
+        for name, rows in sets.items():
+            heldout[name] = [r for r in rows if is_heldout(r["prompt_id"], cfg)]
+            rows[:] = [r for r in rows if not is_heldout(r["prompt_id"], cfg)]
+        stats["heldout"] = {name: len(rows) for name, rows in heldout.items()}
+    return BuildResult(sft=sft_rows, dpo=dpo_rows, stats=stats, wrpo=wrpo_rows, heldout=heldout)
 
 
 def _usable(

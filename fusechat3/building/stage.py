@@ -25,6 +25,7 @@ def build_config(run: Run, only_source: str | None = None) -> BuildConfig:
         only_source=only_source,
         target_source=run.recipe.target_samples.name if run.recipe.target_samples else None,
         seed=b.seed,
+        heldout_fraction=b.heldout_fraction,
     )
 
 
@@ -49,6 +50,8 @@ def run_build(run: Run) -> None:
     stage.write_shard("dpo", result.dpo)
     if build_config(run).target_source is not None:
         stage.write_shard("wrpo", result.wrpo)
+    for name, rows in result.heldout.items():
+        stage.write_shard(f"{name}-heldout", rows)
     controls = {}
     for name in control_sources(run):
         only = build_sets(prompts, samples, scores, build_config(run, only_source=name))
@@ -58,6 +61,7 @@ def run_build(run: Run) -> None:
     counts = {"sft": len(result.sft), "dpo": len(result.dpo)}
     if build_config(run).target_source is not None:
         counts["wrpo"] = len(result.wrpo)
+    counts.update({f"{name}-heldout": len(rows) for name, rows in result.heldout.items()})
     stage.finish({**counts, "stats": result.stats, "controls": controls})
     rows: list[tuple[str, object]] = []
     for domain in sorted(result.stats["prompts"]):
@@ -75,6 +79,8 @@ def run_build(run: Run) -> None:
             rows.append((f"  prompts dropped: {reason}", n))
         for reason, n in sorted(result.stats["invalid"].get(domain, {}).items()):
             rows.append((f"  responses unusable: {reason}", n))
+    for name, held in result.heldout.items():
+        rows.append((f"held out of {name} (build/{name}-heldout.parquet)", len(held)))
     for name, c in controls.items():
         rows.append((f"control {name}: sft rows", c["sft"]))
     print_summary("build", rows, secs)
