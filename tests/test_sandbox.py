@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import gone_soon, sleepers
 
 from fusechat3.scoring import code as sandbox
 from fusechat3.scoring.code import FILE_SIZE_LIMIT, extract_code, pool_size, run_tests, run_tests_many, undefined_names
@@ -195,30 +196,6 @@ def test_environment_is_not_inherited(monkeypatch: pytest.MonkeyPatch) -> None:
 # Timeouts and leftover processes
 
 
-def _sleepers(marker: str) -> list[int]:
-    """Live processes whose command line is `sleep <marker>`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if len(cmdline) >= 2 and cmdline[0].endswith(b"sleep") and cmdline[1] == marker.encode():
-                found.append(int(entry))
-    return found
-
-
-def _gone_soon(marker: str, within_s: float = 5.0) -> bool:
-    # SIGKILL is delivered asynchronously: give the kernel a moment.
-    deadline = time.monotonic() + within_s
-    while _sleepers(marker):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def _marker() -> str:
     return f"{random.randint(10_000, 99_999)}.{random.randint(100_000, 999_999)}"
 
@@ -238,9 +215,9 @@ def sleep_detector_works() -> None:
     proc = subprocess.Popen(["sleep", marker])
     try:
         deadline = time.monotonic() + 5
-        while not _sleepers(marker) and time.monotonic() < deadline:
+        while not sleepers(marker) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _sleepers(marker) == [proc.pid]
+        assert sleepers(marker) == [proc.pid]
     finally:
         proc.kill()
         proc.wait()
@@ -252,13 +229,13 @@ def test_infinite_loop_is_killed_with_its_children(sleep_detector_works: None) -
     start = time.monotonic()
     assert run_tests(program, ["assert True"], timeout_s=1.0) == (False, "timeout")
     assert time.monotonic() - start < 4
-    assert _gone_soon(marker)
+    assert gone_soon(marker)
 
 
 def test_children_do_not_outlive_a_passing_program(sleep_detector_works: None) -> None:
     marker = _marker()
     assert run_tests(_forking_program(marker, ADD), ADD_TESTS, timeout_s=5.0) == (True, "passed")
-    assert _gone_soon(marker)
+    assert gone_soon(marker)
 
 
 def test_children_that_leave_the_process_group_die_too(sleep_detector_works: None) -> None:
@@ -266,7 +243,7 @@ def test_children_that_leave_the_process_group_die_too(sleep_detector_works: Non
         pytest.skip(f"no PID namespace on this machine ({sandbox.describe_isolation()})")
     marker = _marker()
     assert run_tests(_forking_program(marker, ADD, setsid=True), ADD_TESTS, timeout_s=5.0) == (True, "passed")
-    assert _gone_soon(marker)
+    assert gone_soon(marker)
 
 
 def test_resource_limits_are_set_in_the_child() -> None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from procs import gone_soon, sleepers
 
 from fusechat3.scoring import code as sandbox
 from fusechat3.scoring.code import run_tests_many
@@ -51,30 +52,6 @@ SECRET_NAME = "FUSECHAT3_HOSTILE_TEST_SECRET"
 
 def _marker() -> str:
     return f"{secrets.randbelow(90_000) + 10_000}.{secrets.randbelow(900_000) + 100_000}"
-
-
-def _processes(marker: str) -> list[int]:
-    """Live processes whose command line is `sleep <marker>` (zombies have none)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if len(cmdline) >= 2 and cmdline[0].endswith(b"sleep") and cmdline[1] == marker.encode():
-                found.append(int(entry))
-    return found
-
-
-def _gone_soon(*markers: str, within_s: float = 5.0) -> bool:
-    # SIGKILL is delivered asynchronously: give the kernel a moment.
-    deadline = time.monotonic() + within_s
-    while any(_processes(m) for m in markers):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @dataclass
@@ -106,7 +83,7 @@ def _cases(h: Host, iso) -> dict[str, Case]:
     own_files = f"programs keep this user's file access here ({sandbox.describe_isolation()}): documented limit"
     m = {name: _marker() for name in ("bomb", "spawn", "shell", "session", "setsid", "daemon", "scratch")}
     canaries_intact = lambda: h.shared_canary.read_text() == "canary" and h.home_canary.read_text() == "canary"  # noqa: E731
-    bystander_alive = lambda: h.bystander.poll() is None and bool(_processes(h.bystander_marker))  # noqa: E731
+    bystander_alive = lambda: h.bystander.poll() is None and bool(sleepers(h.bystander_marker))  # noqa: E731
     c: dict[str, Case] = {}
 
     # --- resources -------------------------------------------------------------------------------------------
@@ -132,7 +109,7 @@ def _cases(h: Host, iso) -> dict[str, Case]:
         skip=None
         if iso.nproc and iso.prefix
         else f"no process limit of its own here ({sandbox.describe_isolation()}): documented limit",
-        host_ok=lambda: _gone_soon(m["bomb"]),
+        host_ok=lambda: gone_soon(m["bomb"]),
     )
     c["infinite_loop"] = Case("while True:\n    pass\n" + WRONG, ("timeout",))
     c["sleep"] = Case("import time\ntime.sleep(60)\n" + WRONG, ("timeout",))
@@ -250,19 +227,19 @@ def _cases(h: Host, iso) -> dict[str, Case]:
         f"import subprocess\nsubprocess.Popen(['sleep', '{m['spawn']}'])\n"
         f"subprocess.Popen('sleep {m['shell']} &', shell=True)\n" + WRONG,
         ("test_failed",),
-        host_ok=lambda: _gone_soon(m["spawn"], m["shell"]),
+        host_ok=lambda: gone_soon(m["spawn"], m["shell"]),
     )
     c["subprocess_new_session"] = Case(
         f"import subprocess\nsubprocess.Popen(['sleep', '{m['session']}'], start_new_session=True)\n" + WRONG,
         ("test_failed",),
         skip=None if pid_ns else no_pid_ns,
-        host_ok=lambda: _gone_soon(m["session"]),
+        host_ok=lambda: gone_soon(m["session"]),
     )
     c["setsid_child"] = Case(
         f"import os\nif os.fork() == 0:\n    os.setsid()\n    os.execvp('sleep', ['sleep', '{m['setsid']}'])\n" + WRONG,
         ("test_failed",),
         skip=None if pid_ns else no_pid_ns,
-        host_ok=lambda: _gone_soon(m["setsid"]),
+        host_ok=lambda: gone_soon(m["setsid"]),
     )
     c["double_fork_daemon"] = Case(
         textwrap.dedent(
@@ -279,7 +256,7 @@ def _cases(h: Host, iso) -> dict[str, Case]:
         + WRONG,
         ("test_failed",),
         skip=None if pid_ns else no_pid_ns,
-        host_ok=lambda: _gone_soon(m["daemon"]),
+        host_ok=lambda: gone_soon(m["daemon"]),
     )
 
     # --- limits ----------------------------------------------------------------------------------------------------
@@ -495,7 +472,7 @@ def test_the_batch_is_bounded_by_the_timeouts(outcome: Outcome) -> None:
 
 def test_host_is_intact_after_the_batch(outcome: Outcome) -> None:
     host = outcome.host
-    assert host.bystander.poll() is None and _processes(host.bystander_marker) == [host.bystander.pid]
+    assert host.bystander.poll() is None and sleepers(host.bystander_marker) == [host.bystander.pid]
     assert host.shared_canary.read_text() == "canary" and host.home_canary.read_text() == "canary"
     assert sorted(p.name for p in host.shared.iterdir()) == ["canary"]
     assert sorted(p.name for p in host.home_dir.iterdir()) == ["canary"]

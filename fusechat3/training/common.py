@@ -690,3 +690,72 @@ def run_cli(run: Callable[[], str]) -> int:
         return 2
     print(f"saved to {out}")
     return 0
+
+
+# --------------------------------------------------------------------------- one entry point for every method
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What differs between the SFT, DPO and WRPO entry points; `train_from_files` and `main_for` do the rest."""
+
+    section: str  # the YAML section of TRL fields, and the module name: sft, dpo, wrpo
+    label: str  # for messages: SFT, DPO, WRPO
+    columns: Sequence[str]  # the dataset columns the trainer reads
+    config_cls: Callable[[], type]  # the TRL config class (a function: TRL is imported only when needed)
+    make_config: Callable[[dict, str], Any]  # (fields, output_dir) -> checked TRL config
+    options: Callable[[Any, dict | None, dict | None, bool], TrainingOptions]  # (config, peft, select, has_eval)
+    run: Callable[..., str]  # (model, train, config, *, eval_dataset, peft, select_checkpoint[, ref_model]) -> dir
+    description: str
+    ref_model: bool = False  # takes a reference model (`ref_model` key)
+
+
+def train_from_files(
+    method: Method,
+    model: str,
+    train_files: list[str],
+    output_dir: str,
+    args: dict,
+    *,
+    eval_files: list[str] | None = None,
+    **extras: Any,
+) -> str:
+    """Train `model` with `method` on parquet files; cheap checks first, so a typo costs no model or data loading."""
+    model = resolve_model(model)
+    if extras.get("ref_model"):
+        extras["ref_model"] = resolve_model(extras["ref_model"])
+    config = method.make_config(args, output_dir)
+    method.options(config, extras.get("peft"), extras.get("select_checkpoint"), bool(eval_files))
+    train_paths = checked_files(train_files, method.columns, "train_files", method.label)
+    eval_paths = checked_files(eval_files, method.columns, "eval_files", method.label) if eval_files else None
+    with config.main_process_first(desc=f"loading {method.label} data"):
+        train = load_parquet(train_paths, method.columns)
+        evals = load_parquet(eval_paths, method.columns) if eval_paths else None
+    return method.run(model, train, config, eval_dataset=evals, **extras)
+
+
+def main_for(method: Method, argv: Sequence[str] | None) -> int:
+    """`python -m fusechat3.training.<section> --config FILE [--set key=value ...]` for `method`."""
+    ns = parse_cli(argv, f"python -m fusechat3.training.{method.section}", method.description)
+
+    def run() -> str:
+        rc = load_run_config(
+            ns.config, method.section, method.config_cls(), ns.overrides, extra_keys=("ref_model",) * method.ref_model
+        )
+        extras: dict[str, Any] = {"peft": rc.peft, "select_checkpoint": rc.select_checkpoint}
+        if method.ref_model:
+            extras["ref_model"] = rc.ref_model
+        if rc.train_files is not None:
+            return train_from_files(
+                method, rc.model, rc.train_files, rc.output_dir, rc.args, eval_files=rc.eval_files, **extras
+            )
+        config = method.make_config(rc.args, rc.output_dir)
+        method.options(config, rc.peft, rc.select_checkpoint, rc.has_eval)  # before any data is loaded
+        with config.main_process_first(desc=f"loading {method.label} data"):
+            train = load_named_dataset(rc.dataset, rc.split, method.columns, method.label)
+            evals = (
+                load_named_dataset(rc.dataset, rc.eval_split, method.columns, method.label) if rc.eval_split else None
+            )
+        return method.run(rc.model, train, config, eval_dataset=evals, **extras)
+
+    return run_cli(run)

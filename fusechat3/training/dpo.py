@@ -20,23 +20,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from fusechat3.recipe import resolve_model
 from fusechat3.training.common import (
+    Method,
     TrainingOptions,
     build_trl_config,
     check_trl_args,
-    checked_files,
     clean_messages,
     convert_rows,
-    load_named_dataset,
-    load_parquet,
-    load_run_config,
     load_tokenizer,
+    main_for,
     message_problem,
-    parse_cli,
     report_trl_drops,
-    run_cli,
     train_and_save,
+    train_from_files,
     training_options,
 )
 
@@ -164,40 +160,27 @@ def train_dpo(
     `peft`: peft.LoraConfig fields (+ `merge`) for LoRA; `select_checkpoint`: `{metric, last}` to keep the
     best of the last checkpoints on the held-out pairs of `eval_files` (see `common`).
     """
-    model = resolve_model(model)
-    ref_model = resolve_model(ref_model) if ref_model else None
-    # Cheap checks first, so that a typo costs no model or dataset loading.
-    config = dpo_config(args, output_dir)
-    dpo_options(config, peft, select_checkpoint, has_eval=bool(eval_files))
-    train_paths = checked_files(train_files, DPO_COLUMNS, "train_files", "DPO")
-    eval_paths = checked_files(eval_files, DPO_COLUMNS, "eval_files", "DPO") if eval_files else None
-    with config.main_process_first(desc="loading DPO data"):
-        train = load_parquet(train_paths, DPO_COLUMNS)
-        evals = load_parquet(eval_paths, DPO_COLUMNS) if eval_paths else None
-    return run_dpo(
-        model, train, config, ref_model=ref_model, eval_dataset=evals, peft=peft, select_checkpoint=select_checkpoint
-    )
+    return train_from_files(
+        DPO, model, train_files, output_dir, args,
+        eval_files=eval_files, ref_model=ref_model, peft=peft, select_checkpoint=select_checkpoint,
+    )  # fmt: skip
+
+
+def _config_cls() -> type:
+    from trl import DPOConfig
+
+    return DPOConfig
+
+
+DPO = Method(
+    "dpo", "DPO", DPO_COLUMNS, _config_cls, dpo_config, dpo_options, run_dpo,
+    "DPO of a target model with TRL (FuseChat-3.0).", ref_model=True,
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m fusechat3.training.dpo --config FILE [--set key=value ...]`."""
-    ns = parse_cli(argv, "python -m fusechat3.training.dpo", "DPO of a target model with TRL (FuseChat-3.0).")
-
-    def run() -> str:
-        from trl import DPOConfig
-
-        rc = load_run_config(ns.config, "dpo", DPOConfig, ns.overrides, extra_keys=("ref_model",))
-        extras = {"ref_model": rc.ref_model, "peft": rc.peft, "select_checkpoint": rc.select_checkpoint}
-        if rc.train_files is not None:
-            return train_dpo(rc.model, rc.train_files, rc.output_dir, rc.args, eval_files=rc.eval_files, **extras)
-        config = dpo_config(rc.args, rc.output_dir)
-        dpo_options(config, rc.peft, rc.select_checkpoint, has_eval=rc.has_eval)  # before any data is loaded
-        with config.main_process_first(desc="loading DPO data"):
-            train = load_named_dataset(rc.dataset, rc.split, DPO_COLUMNS, "DPO")
-            evals = load_named_dataset(rc.dataset, rc.eval_split, DPO_COLUMNS, "DPO") if rc.eval_split else None
-        return run_dpo(rc.model, train, config, eval_dataset=evals, **extras)
-
-    return run_cli(run)
+    return main_for(DPO, argv)
 
 
 if __name__ == "__main__":

@@ -20,23 +20,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from fusechat3.recipe import resolve_model
 from fusechat3.training.common import (
+    Method,
     TrainingOptions,
     build_trl_config,
     check_trl_args,
-    checked_files,
     clean_messages,
     convert_rows,
-    load_named_dataset,
-    load_parquet,
-    load_run_config,
     load_tokenizer,
+    main_for,
     message_problem,
-    parse_cli,
     report_trl_drops,
-    run_cli,
     train_and_save,
+    train_from_files,
     training_options,
 )
 
@@ -139,37 +135,26 @@ def train_sft(
     `peft`: peft.LoraConfig fields (+ `merge`) for LoRA; `select_checkpoint`: `{metric, last}` to keep the
     best of the last checkpoints on `eval_files` (see `common`).
     """
-    model = resolve_model(model)
-    # Cheap checks first, so that a typo costs no model or dataset loading.
-    config = sft_config(args, output_dir)
-    sft_options(config, peft, select_checkpoint, has_eval=bool(eval_files))
-    train_paths = checked_files(train_files, SFT_COLUMNS, "train_files", "SFT")
-    eval_paths = checked_files(eval_files, SFT_COLUMNS, "eval_files", "SFT") if eval_files else None
-    with config.main_process_first(desc="loading SFT data"):
-        train = load_parquet(train_paths, SFT_COLUMNS)
-        evals = load_parquet(eval_paths, SFT_COLUMNS) if eval_paths else None
-    return run_sft(model, train, config, evals, peft=peft, select_checkpoint=select_checkpoint)
+    return train_from_files(
+        SFT, model, train_files, output_dir, args, eval_files=eval_files, peft=peft, select_checkpoint=select_checkpoint
+    )
+
+
+def _config_cls() -> type:
+    from trl import SFTConfig
+
+    return SFTConfig
+
+
+SFT = Method(
+    "sft", "SFT", SFT_COLUMNS, _config_cls, sft_config, sft_options, run_sft,
+    "SFT of a target model with TRL (FuseChat-3.0).",
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m fusechat3.training.sft --config FILE [--set key=value ...]`."""
-    ns = parse_cli(argv, "python -m fusechat3.training.sft", "SFT of a target model with TRL (FuseChat-3.0).")
-
-    def run() -> str:
-        from trl import SFTConfig
-
-        rc = load_run_config(ns.config, "sft", SFTConfig, ns.overrides)
-        extras = {"peft": rc.peft, "select_checkpoint": rc.select_checkpoint}
-        if rc.train_files is not None:
-            return train_sft(rc.model, rc.train_files, rc.output_dir, rc.args, eval_files=rc.eval_files, **extras)
-        config = sft_config(rc.args, rc.output_dir)
-        sft_options(config, rc.peft, rc.select_checkpoint, has_eval=rc.has_eval)  # before any data is loaded
-        with config.main_process_first(desc="loading SFT data"):
-            train = load_named_dataset(rc.dataset, rc.split, SFT_COLUMNS, "SFT")
-            evals = load_named_dataset(rc.dataset, rc.eval_split, SFT_COLUMNS, "SFT") if rc.eval_split else None
-        return run_sft(rc.model, train, config, evals, **extras)
-
-    return run_cli(run)
+    return main_for(SFT, argv)
 
 
 if __name__ == "__main__":

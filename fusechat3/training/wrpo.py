@@ -50,21 +50,17 @@ from trl import DPOConfig, DPOTrainer
 from trl.data_utils import _tokenize, common_prefix_length, is_conversational
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from fusechat3.recipe import resolve_model
 from fusechat3.training.common import (
+    Method,
     build_trl_config,
     check_trl_args,
-    checked_files,
     clean_messages,
     convert_rows,
-    load_named_dataset,
-    load_parquet,
-    load_run_config,
     load_tokenizer,
-    parse_cli,
+    main_for,
     report_trl_drops,
-    run_cli,
     train_and_save,
+    train_from_files,
     training_options,
 )
 from fusechat3.training.dpo import DPO_COLUMNS, DPO_METRICS, load_ref_model, pair_problem
@@ -421,38 +417,21 @@ def train_wrpo(
     `peft`: peft.LoraConfig fields (+ `merge`) for LoRA; `select_checkpoint`: `{metric, last}` to keep the
     best of the last checkpoints on the held-out rows of `eval_files` (see `common`).
     """
-    model = resolve_model(model)
-    ref_model = resolve_model(ref_model) if ref_model else None
-    # Cheap checks first, so that a typo costs no model or dataset loading.
-    config = wrpo_config(args, output_dir)
-    wrpo_options(config, peft, select_checkpoint, has_eval=bool(eval_files))
-    train_paths = checked_files(train_files, WRPO_COLUMNS, "train_files", "WRPO")
-    eval_paths = checked_files(eval_files, WRPO_COLUMNS, "eval_files", "WRPO") if eval_files else None
-    with config.main_process_first(desc="loading WRPO data"):
-        train = load_parquet(train_paths, WRPO_COLUMNS)
-        evals = load_parquet(eval_paths, WRPO_COLUMNS) if eval_paths else None
-    return run_wrpo(
-        model, train, config, ref_model=ref_model, eval_dataset=evals, peft=peft, select_checkpoint=select_checkpoint
-    )
+    return train_from_files(
+        WRPO, model, train_files, output_dir, args,
+        eval_files=eval_files, ref_model=ref_model, peft=peft, select_checkpoint=select_checkpoint,
+    )  # fmt: skip
+
+
+WRPO = Method(
+    "wrpo", "WRPO", WRPO_COLUMNS, lambda: WRPOConfig, wrpo_config, wrpo_options, run_wrpo,
+    "WRPO of a target model with TRL (arXiv 2412.03187).", ref_model=True,
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m fusechat3.training.wrpo --config FILE [--set key=value ...]`."""
-    ns = parse_cli(argv, "python -m fusechat3.training.wrpo", "WRPO of a target model with TRL (arXiv 2412.03187).")
-
-    def run() -> str:
-        rc = load_run_config(ns.config, "wrpo", WRPOConfig, ns.overrides, extra_keys=("ref_model",))
-        extras = {"ref_model": rc.ref_model, "peft": rc.peft, "select_checkpoint": rc.select_checkpoint}
-        if rc.train_files is not None:
-            return train_wrpo(rc.model, rc.train_files, rc.output_dir, rc.args, eval_files=rc.eval_files, **extras)
-        config = wrpo_config(rc.args, rc.output_dir)
-        wrpo_options(config, rc.peft, rc.select_checkpoint, has_eval=rc.has_eval)  # before any data is loaded
-        with config.main_process_first(desc="loading WRPO data"):
-            train = load_named_dataset(rc.dataset, rc.split, WRPO_COLUMNS, "WRPO")
-            evals = load_named_dataset(rc.dataset, rc.eval_split, WRPO_COLUMNS, "WRPO") if rc.eval_split else None
-        return run_wrpo(rc.model, train, config, eval_dataset=evals, **extras)
-
-    return run_cli(run)
+    return main_for(WRPO, argv)
 
 
 if __name__ == "__main__":
