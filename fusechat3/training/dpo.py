@@ -17,7 +17,7 @@ On a cluster:
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fusechat3.training.common import (
@@ -100,10 +100,30 @@ def build_dpo_trainer(
     """
     from trl import DPOTrainer
 
+    return build_preference_trainer(
+        DPOTrainer, dpo_row, DPO_COLUMNS, "dpo", model, train_dataset, config,
+        ref_model=ref_model, eval_dataset=eval_dataset, peft_config=peft_config,
+    )  # fmt: skip
+
+
+def build_preference_trainer(
+    trainer_cls: type,
+    row: Callable[[dict], dict],
+    columns: Sequence[str],
+    where: str,
+    model: str,
+    train_dataset: Any,
+    config: Any,
+    *,
+    ref_model: str | None = None,
+    eval_dataset: Any | None = None,
+    peft_config: Any = None,
+) -> Any:
+    """A ready preference trainer (`DPOTrainer` or a subclass) whose rows `row` checks and converts first."""
     tokenizer = load_tokenizer(model, config)  # first: a wrong model path fails before any data work
-    train = convert_rows(train_dataset, dpo_row, DPO_COLUMNS, "dpo train")
-    evals = convert_rows(eval_dataset, dpo_row, DPO_COLUMNS, "dpo eval") if eval_dataset is not None else None
-    trainer = DPOTrainer(
+    train = convert_rows(train_dataset, row, columns, f"{where} train")
+    evals = convert_rows(eval_dataset, row, columns, f"{where} eval") if eval_dataset is not None else None
+    trainer = trainer_cls(
         model=model,
         ref_model=load_ref_model(ref_model, config) if ref_model else None,
         args=config,
@@ -112,7 +132,7 @@ def build_dpo_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    report_trl_drops("dpo train", len(train), trainer)
+    report_trl_drops(f"{where} train", len(train), trainer)
     return trainer
 
 

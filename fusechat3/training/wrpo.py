@@ -55,15 +55,12 @@ from fusechat3.training.common import (
     build_trl_config,
     check_trl_args,
     clean_messages,
-    convert_rows,
-    load_tokenizer,
     main_for,
-    report_trl_drops,
     train_and_save,
     train_from_files,
     training_options,
 )
-from fusechat3.training.dpo import DPO_COLUMNS, DPO_METRICS, load_ref_model, pair_problem
+from fusechat3.training.dpo import DPO_COLUMNS, DPO_METRICS, build_preference_trainer, pair_problem
 
 WRPO_COLUMNS = (*DPO_COLUMNS, "source_chosen")  # TRL's DPO columns plus the source's response
 # What WRPOTrainer.evaluate() reports that can choose a checkpoint (select_checkpoint.metric): DPO's names, with
@@ -357,20 +354,10 @@ def build_wrpo_trainer(
     `peft_config`: a peft.LoraConfig to train a LoRA adapter; without `ref_model` the reference is
     then the base model with the adapter turned off (TRL's way).
     """
-    tokenizer = load_tokenizer(model, config)  # first: a wrong model path fails before any data work
-    train = convert_rows(train_dataset, wrpo_row, WRPO_COLUMNS, "wrpo train")
-    evals = convert_rows(eval_dataset, wrpo_row, WRPO_COLUMNS, "wrpo eval") if eval_dataset is not None else None
-    trainer = WRPOTrainer(
-        model=model,
-        ref_model=load_ref_model(ref_model, config) if ref_model else None,
-        args=config,
-        train_dataset=train,
-        eval_dataset=evals,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    report_trl_drops("wrpo train", len(train), trainer)
-    return trainer
+    return build_preference_trainer(
+        WRPOTrainer, wrpo_row, WRPO_COLUMNS, "wrpo", model, train_dataset, config,
+        ref_model=ref_model, eval_dataset=eval_dataset, peft_config=peft_config,
+    )  # fmt: skip
 
 
 def wrpo_options(config: WRPOConfig, peft: dict | None, select_checkpoint: dict | None, has_eval: bool) -> Any:
