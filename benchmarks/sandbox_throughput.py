@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds per program")
     args = ap.parse_args()
 
-    from fusechat3.scoring.code import _cpu_count, describe_isolation, extract_code, run_tests_many
+    from fusechat3.scoring.code import describe_isolation, extract_code, run_tests_many
+    from fusechat3.scoring.sandbox import _cpu_count
     from fusechat3.toyworld import tasks as T
 
     tasks = T.split_tasks("code", args.programs, "fusion")

@@ -19,6 +19,8 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fusechat3.errors import RecipeError, UserError
+
 DUPLICATE = "duplicate_prompt"  # the skip reason of a prompt seen before (same prompt_id, or same normalised text)
 
 
@@ -38,19 +40,22 @@ def available() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
-def get_builder(name: str) -> Callable[..., list[dict] | Built]:
-    """The `build` function of builder `name`; one clear error line if there is none."""
+def get_builder(name: str, where: str = "prompts") -> Callable[..., list[dict] | Built]:
+    """The `build` function of builder `name`; a RecipeError line naming `where` if there is none."""
     names = available()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown prompt builder {name!r}{hint}; available: {names}")
+        raise RecipeError(f"{where}: unknown prompt builder {name!r}{hint}; available: {names}")
     return importlib.import_module(f"{__name__}.{name}").build
 
 
 def run_builder(name: str, args: dict, where: str = "prompts") -> list[dict] | Built:
-    """Call builder `name` with `args`, turning a wrong argument into one clear error line."""
-    fn = get_builder(name)
+    """Call builder `name` with `args`, turning a wrong argument into one clear error line.
+
+    A user error the builder raises (a bad argument value, a missing file or column, a malformed row)
+    is raised again, of the same type, with `where` (the recipe file and spec) in front."""
+    fn = get_builder(name, where)
     params = inspect.signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(args) - set(params))
@@ -58,8 +63,11 @@ def run_builder(name: str, args: dict, where: str = "prompts") -> list[dict] | B
             key = unknown[0]
             close = difflib.get_close_matches(key, list(params), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; it takes {sorted(params)}"
-            raise ValueError(f"{where}: builder {name!r} has no argument {key!r}{hint}")
-    return fn(**args)
+            raise RecipeError(f"{where}: builder {name!r} has no argument {key!r}{hint}")
+    try:
+        return fn(**args)
+    except UserError as e:
+        raise type(e)(f"{where}: {e}") from e
 
 
 def as_built(out: list[dict] | Built, where: str = "prompts") -> Built:

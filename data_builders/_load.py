@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from data_builders import Built
-from fusechat3.schema import RowError, make_prompt
+from fusechat3.errors import RecipeError, RowError, UserError
+from fusechat3.schema import make_prompt
 
 if TYPE_CHECKING:
     import datasets
@@ -40,8 +41,9 @@ def load(
 ) -> datasets.Dataset:
     """The `columns` of split `split` of the dataset at `path` (file, folder or Hub id).
 
-    Any problem is one ValueError line that starts with `<builder> builder: <path>`; `hint` ends the
-    missing-column line (how to fix it)."""
+    Any problem is one line that starts with `<builder> builder: <path>`: a RecipeError for a path, split
+    or config name that cannot be loaded, a RowError for a file of an unknown type or without the columns
+    the builder reads; `hint` ends the missing-column line (how to fix it)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -51,23 +53,26 @@ def load(
         if local.is_file():
             loader = LOADERS.get(local.suffix)
             if loader is None:
-                raise ValueError(f"{where}: unknown file type {local.suffix!r}; use one of {sorted(LOADERS)}")
+                raise RowError(f"{where}: unknown file type {local.suffix!r}; convert it to one of {sorted(LOADERS)}")
             ds = datasets.load_dataset(loader, data_files=str(local), split="train")
         elif local.is_dir():
             ds = datasets.load_dataset(str(local), name=name, split=split)
         elif local.suffix in LOADERS:
-            raise ValueError(f"{where}: no such file")
+            raise RecipeError(f"{where}: no such file; fix the builder's path argument (relative to {Path.cwd()})")
         else:
             ds = datasets.load_dataset(path, name=name, split=split, revision=revision)
+    except UserError:
+        raise
     except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
-        if str(e).startswith(where):
-            raise
+        # A wrong path, Hub id, split or config name (or no network): datasets says which in its first line.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{where}: cannot load split {split!r} ({first})") from None
+        raise RecipeError(
+            f"{where}: cannot load split {split!r} ({first}); check the builder's path, split and name arguments"
+        ) from None
     found = list(ds.column_names)
     missing = [c for c in columns if c not in found]
     if missing:
-        raise ValueError(f"{where}: no column(s) {missing} (found: {found}); it reads {list(columns)}{hint}")
+        raise RowError(f"{where}: no column(s) {missing} (found: {found}); it reads {list(columns)}{hint}")
     return ds.select_columns(list(dict.fromkeys(columns)))
 
 
@@ -99,7 +104,7 @@ class PromptSet:
         self, builder: str, path: str, hub_id: str, domain: str, *, limit: int | None = None, merge: bool = False
     ) -> None:
         if limit is not None and limit < 0:
-            raise ValueError(f"{builder} builder: limit must be >= 0 or null, got {limit}")
+            raise RecipeError(f"{builder} builder: limit must be >= 0 or null, got {limit}")
         self.builder, self.path, self.domain, self.limit, self.merge = builder, path, domain, limit, merge
         self.source = hub_id if is_local(path) else path
         self.built = Built([])
@@ -149,7 +154,7 @@ class PromptSet:
                 meta={**(meta or {}), "row": row},
             )
         except (RowError, TypeError, KeyError) as e:
-            raise ValueError(f"{self.builder} builder: {self.path}: row {row}: {e}") from None
+            raise RowError(f"{self.builder} builder: {self.path}: row {row}: {e}") from None
         self.built.rows.append(prompt)
         return prompt
 

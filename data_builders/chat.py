@@ -16,7 +16,8 @@ line naming the file, the row and the column; nothing is dropped silently.
 from __future__ import annotations
 
 from data_builders._load import iter_rows, load
-from fusechat3.schema import RowError, make_prompt
+from fusechat3.errors import RowError
+from fusechat3.schema import make_prompt
 
 
 def _conversation(value: object, where: str) -> list[dict]:
@@ -24,7 +25,10 @@ def _conversation(value: object, where: str) -> list[dict]:
         return [{"role": "user", "content": value}]
     if isinstance(value, list) and all(isinstance(m, dict) for m in value):
         return [{"role": m.get("role"), "content": m.get("content")} for m in value]
-    raise ValueError(f"{where}: must be a chat list of {{role, content}} or a string, got {type(value).__name__}")
+    raise RowError(
+        f"{where}: must be a chat list of {{role, content}} or a string, got {type(value).__name__}; "
+        "name the right column with messages_field"
+    )
 
 
 def build(
@@ -59,5 +63,5 @@ def build(
                 )
             )
         except (RowError, TypeError, KeyError) as e:
-            raise ValueError(f"chat builder: {path}: row {i}: {e}") from None
+            raise RowError(f"chat builder: {path}: row {i}: {e}") from None
     return rows

@@ -6,7 +6,7 @@ explanation), `javascript`. The prompt is the title and the statement, then one 
 entry point the tests call (the reference's: `def twoSum(nums, target)`, or a method of
 `class Solution`), since a response that names it otherwise cannot pass. The tests are the examples
 as asserts, each kept only if the Python reference passes it in the sandbox
-(`fusechat3.scoring.code_tests.leetcode_tests_many`); a problem left without tests is counted
+(`data_builders._code_tests.leetcode_tests_many`); a problem left without tests is counted
 `no_tests`, and `meta["examples_dropped"]` counts a kept problem's unusable examples by reason.
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 import ast
 
 from data_builders import Built
+from data_builders._code_tests import leetcode_tests_many
 from data_builders._load import PromptSet, iter_rows, load, text
 from fusechat3.scoring.code import extract_code
-from fusechat3.scoring.code_tests import leetcode_tests_many
 
 HUB_ID = "greengerong/leetcode"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from data_builders import Built
 from data_builders._load import PromptSet, iter_rows, load, text
+from fusechat3.errors import RecipeError
 
 HUB_ID = "nvidia/OpenMathInstruct-2"
 
@@ -26,7 +27,7 @@ def build(
     if problem_sources is not None and (
         not isinstance(problem_sources, list) or not all(isinstance(s, str) for s in problem_sources)
     ):
-        raise ValueError(
+        raise RecipeError(
             f"openmathinstruct2 builder: problem_sources must be a list of names "
             f"(e.g. [gsm8k, math, augmented_gsm8k, augmented_math]), got {problem_sources!r}"
         )

@@ -2,15 +2,15 @@
 
 Columns: `fingerprint`, `sha1`, `seed`, `response`, `concepts`, `prompt`, `instruction`, `id`. The
 prompt is `instruction`; the tests are the top-level `assert`s of the execution-checked `response`
-(`fusechat3.scoring.code_tests.asserts_from_response`). A row whose response has none is counted
+(`data_builders._code_tests.asserts_from_response`). A row whose response has none is counted
 `no_tests`.
 """
 
 from __future__ import annotations
 
 from data_builders import Built
+from data_builders._code_tests import asserts_from_response
 from data_builders._load import PromptSet, iter_rows, load, text
-from fusechat3.scoring.code_tests import asserts_from_response
 
 HUB_ID = "bigcode/self-oss-instruct-sc2-exec-filter-50k"
 

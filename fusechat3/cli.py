@@ -11,40 +11,29 @@ same as `python -m fusechat3.training.<x> --config <yaml>`).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 
-STAGE_HELP = {
-    "prompts": "build the prompt set from the recipe's data builders",
-    "sample": "sample N responses per prompt from each source (vLLM by default)",
-    "score": "score every response: reward model + math/code verification",
-    "build": "build the SFT and DPO sets by the FuseChat-3.0 rules",
-    "sft": "SFT of the target on the SFT set (TRL); or train from a training config (model: + sft:)",
-    "dpo": "DPO of the SFT model on the DPO set (TRL; e.g. length-normalized); or from a config (model: + dpo:)",
-    "controls": "single-source control runs (same SFT budget, one source's data)",
-    "eval": "held-out accuracy of every model of the run -> scoreboard.json",
-}
-# Commands that also take a training config: the same as `python -m fusechat3.training.<command> --config`.
-TRAINING_COMMANDS = ("sft", "dpo", "wrpo")
+from fusechat3 import stages
+from fusechat3.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fusechat3",
         description="Knowledge fusion of LLMs: FuseChat-3.0 implicit fusion on vLLM + TRL, with a CPU toy world.",
+        epilog="The stages of `run`, in order: " + ", ".join(stages.names()),
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_recipe(name: str, help: str) -> argparse.ArgumentParser:
+    def with_recipe(name: str, help: str, config_example: str | None = None) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         what = "recipe YAML, e.g. recipes/toyworld/imf.yaml"
-        if name in TRAINING_COMMANDS:
-            example = (
-                "recipes/wrpo/llama-3.1-8b.yaml" if name == "wrpo" else f"recipes/fusechat3/llama-3.1-8b/{name}.yaml"
-            )
-            what += f", or a training config, e.g. {example}"
+        if config_example:
+            what += f", or a training config, e.g. {config_example}"
         sp.add_argument("recipe", help=what)
         sp.add_argument(
             "--set",
@@ -57,20 +46,15 @@ def _parser() -> argparse.ArgumentParser:
         return sp
 
     r = with_recipe("run", "run every stage in order (resumable: finished stages are skipped)")
-    from_to = ["prompts", "sample", "score", "build", "sft", "dpo", "controls", "eval"]
-    r.add_argument("--from", dest="start", choices=from_to, help="first stage to run")
-    r.add_argument("--to", dest="stop", choices=from_to, help="last stage to run")
-    for name, help in STAGE_HELP.items():
-        sp = with_recipe(name, help)
-        if name == "sample":
-            sp.add_argument("--source", help="sample only this source")
-            sp.add_argument(
-                "--shard", metavar="I/N", help="do only shards k with k %% N == I (split one source over N jobs)"
-            )
-        if name == "eval":
-            sp.add_argument("--models", nargs="+", help="evaluate only these models (e.g. target_before qwen2-code)")
+    r.add_argument("--from", dest="start", choices=stages.names(), help="first stage to run")
+    r.add_argument("--to", dest="stop", choices=stages.names(), help="last stage to run")
+    for stage in stages.stages().values():
+        sp = with_recipe(stage.name, stage.help, stage.config_example or None)
+        if stage.arguments is not None:
+            known = {a.dest for a in sp._actions}
+            stage.arguments(sp)
+            sp.set_defaults(stage_options=[a.dest for a in sp._actions if a.dest not in known])
 
-    with_recipe("wrpo", "WRPO of the SFT model on the WRPO triplets (TRL), from a training config (model: + wrpo:)")
     rp = with_recipe("report", "plots and an HTML page of what the build made and why")
     rp.add_argument("--out", metavar="DIR", help="output folder (default: runs/<name>/report)")
     pu = with_recipe("push", "publish the training sets with a dataset card: to the Hub, or a local folder")
@@ -93,38 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like I/N (e.g. 3/16), got {text!r}") from None
-    if not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= I < N")
-    return i, n
-
-
-def _train_from_config(command: str, path: str, overrides: list[str]) -> int:
-    """Run `python -m fusechat3.training.<command> --config <path> --set ...` in this process; its exit code."""
-    import importlib
-
+def _train_from_config(module: str, path: str, overrides: list[str]) -> int:
+    """Run `python -m <module> --config <path> --set ...` in this process; its exit code."""
     argv = ["--config", path] + [arg for item in overrides for arg in ("--set", item)]
-    return importlib.import_module(f"fusechat3.training.{command}").main(argv)
+    return importlib.import_module(module).main(argv)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command in TRAINING_COMMANDS:
-        from fusechat3.pipeline import STAGES
-        from fusechat3.training.common import is_training_config
+    stage = stages.stages().get(args.command)
+    if stage is not None and stage.config_entry is not None:
+        from fusechat3.training.config import is_training_config
 
-        if is_training_config(args.recipe, args.command):
-            return _train_from_config(args.command, args.recipe, args.overrides)
-        if args.command not in STAGES:  # no stage of a run by that name: a training config is the only way
-            raise ValueError(
-                f"{args.recipe}: `fusechat3 {args.command}` takes a training config (top-level model: and "
-                f"{args.command}:, e.g. recipes/wrpo/llama-3.1-8b.yaml), not a run recipe"
-            )
+        if is_training_config(args.recipe, stage.name):
+            return _train_from_config(stage.config_entry, args.recipe, args.overrides)
     if args.command == "toyworld":
         from pathlib import Path
 
@@ -137,16 +102,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     from fusechat3.run import Run
 
     run = Run(load_recipe(args.recipe, args.overrides))
-    if args.command == "run":
-        from fusechat3.pipeline import run_all
-
-        run_all(run, args.start, args.stop)
-    elif args.command == "sample":
-        from fusechat3.sampling.stage import run_sample
-
-        if args.source:
-            run.recipe.source(args.source)  # one clear line if there is no such source
-        run_sample(run, args.source, _shard(args.shard))
+    if stage is not None:
+        stage.run(run, **{name: getattr(args, name) for name in getattr(args, "stage_options", [])})
+    elif args.command == "run":
+        stages.run_all(run, args.start, args.stop)
     elif args.command == "report":
         from fusechat3.report import write_report
 
@@ -156,18 +115,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.repo_id is None:
             if args.private or args.revision:
-                raise ValueError("--private and --revision go with --repo-id, not --local-dir")
+                raise UserError("--private and --revision go with --repo-id, not --local-dir")
             export_local(run, args.local_dir or None, license=args.license)
         else:
             push(run, args.repo_id, private=args.private, license=args.license, revision=args.revision)
-    elif args.command == "eval":
-        from fusechat3.evaluation.stage import run_eval
-
-        run_eval(run, only=args.models)
-    else:
-        from fusechat3.pipeline import stage_fn
-
-        stage_fn(args.command)(run)
     return 0
 
 
@@ -179,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         code = _dispatch(args)
-    except (ValueError, FileNotFoundError) as err:
+    except UserError as err:
         if args.verbose:
             raise
-        # A user mistake (recipe, data, missing stage): one line, no traceback.
+        # A user mistake (recipe, data, missing stage): one line, no traceback. Any other exception is a
+        # bug, here or in a library, and keeps its traceback.
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"fusechat3: error: {msg}", file=sys.stderr)
         return 2

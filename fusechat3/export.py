@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from fusechat3 import report
+from fusechat3.errors import UserError
 from fusechat3.recipe import TOYWORLD_PREFIX
 from fusechat3.run import Run, log, print_summary
 
@@ -48,7 +49,7 @@ _SET_FORMATS = {
 }
 
 
-class HubError(ValueError):
+class HubError(UserError):
     """The Hub could not be reached or refused the upload: one line with the fix."""
 
 
@@ -119,10 +120,10 @@ def _check_replaceable(out_dir: Path) -> None:
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
-        raise ValueError(f"--local-dir {out_dir} is a file: give a folder")
+        raise UserError(f"--local-dir {out_dir} is a file: give a folder")
     other = sorted(p.name for p in out_dir.iterdir() if p.name not in _EXPORT_ENTRIES)
     if other:
-        raise ValueError(
+        raise UserError(
             f"--local-dir {out_dir} holds files that are not a fusechat3 export ({', '.join(other[:3])}): "
             "give an empty or new folder"
         )
@@ -346,7 +347,7 @@ def _check_hub_ready() -> None:
 def push(run: Run, repo_id: str, private: bool = False, license: str = "other", revision: str | None = None) -> str:
     """Upload every config, the plots and the dataset card to the Hub dataset `repo_id`; returns its URL."""
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
+        raise UserError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
     _check_hub_ready()
     import datasets
     import pyarrow as pa

@@ -1,5 +1,6 @@
-"""What every stage shares: the run (recipe + run directory), the stage keys, and the
-summary table printed at the end of a stage.
+"""What every stage shares: the run (recipe + run directory), the stage keys and output paths
+derived from the stages' declarations (`stages.StageDef`), and the summary table printed at the
+end of a stage.
 
 A stage's key is a hash of its own settings and of the keys of the stages it reads, all
 computed from the recipe alone. So a changed setting changes the key of that stage and of
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from fusechat3.recipe import Recipe, as_dict, recipe_hash
+from fusechat3 import stages
+from fusechat3.errors import StoreError
+from fusechat3.recipe import Recipe, recipe_hash, resolve_model
 from fusechat3.store import RunDir, Stage
 
 
@@ -28,99 +31,86 @@ class Run:
         return RunDir(self.recipe.run_path)
 
     def stage(self, name: str) -> Stage:
+        """The store's folder of stage (or part) `name`, opened under its current key."""
         return self.dir.stage(name, self.key(name))
 
+    def how(self, name: str) -> str:
+        """The command that makes stage `name`, for messages."""
+        return f"fusechat3 {name.split('/')[0]} {self.recipe.path or '<recipe>'}"
+
     def read(self, name: str) -> list[dict]:
-        stage_cmd = name.split("/")[0]
-        return self.dir.read_stage(name, how=f"fusechat3 {stage_cmd} {self.recipe.path or '<recipe>'}")
+        """Every row of the finished stage (or part) `name`."""
+        return self.dir.read_stage(name, how=self.how(name))
+
+    def parts(self, name: str) -> list[str]:
+        """The part names of stage `name` (`sample/<source>`, ...): [name] for a stage without parts."""
+        stage = stages.get(name)
+        if stage.parts is None:
+            return [name]
+        return [f"{name}/{part}" for part in stage.parts(self.recipe)]
 
     # ------------------------------------------------------------------ keys
 
     def key(self, name: str) -> str:
-        r = self.recipe
-        top, _, sub = name.partition("/")
-        if top == "prompts":
-            benchmark = r.decontamination.prompts if r.decontamination else []
-            files = [_local_files(spec.args) for spec in [*r.prompts, *benchmark]]
-            return recipe_hash(
-                {
-                    "prompts": as_dict(r.prompts),
-                    "decontamination": as_dict(r.decontamination),
-                    "seed": r.seed,
-                    "files": files,
-                }
-            )
-        if top == "sample":
-            from fusechat3.sampling.base import sampling_key
+        """The key of stage (or part) `name`: its settings and the keys of the stages it reads."""
+        stage = stages.get(name)
+        part = name.partition("/")[2] or None
+        reads = {read: [self.key(p) for p in self.parts(read)] for read in stage.reads}
+        return recipe_hash({"reads": reads, "settings": stage.settings(self, part)})
 
-            src = r.source(sub)
-            return recipe_hash(
-                {
-                    "prompts": self.key("prompts"),
-                    "sampling_key": sampling_key(r, src),
-                    "domains": src.domains,
-                    "shard_size": r.sampler.shard_size,
-                }
-            )
-        if top == "score":
-            samples = [self.key(f"sample/{s.name}") for s in r.sources]
-            return recipe_hash({"samples": samples, "scoring": as_dict(r.scoring)})
-        if top == "build":
-            return recipe_hash({"score": self.key("score"), "building": as_dict(r.building)})
-        if top == "sft":
-            return recipe_hash({"build": self.key("build"), "target": as_dict(r.target), "sft": r.sft, "seed": r.seed})
-        if top == "dpo":
-            return recipe_hash({"sft": self.key("sft"), "dpo": r.dpo})
-        if top == "controls":
-            return recipe_hash({"sft": self.key("sft"), "source": sub})
-        if top == "eval":
-            return recipe_hash(
-                {
-                    "eval": as_dict(r.eval),
-                    "model": self.model_key(sub),
-                    "sampler": self._eval_sampler(sub),
-                    "code": as_dict(r.scoring.code),
-                }
-            )
-        raise KeyError(f"unknown stage {name!r}")
+    # ------------------------------------------------------------------ outputs
 
-    def _eval_sampler(self, name: str) -> dict:
-        """How model `name` is run for evaluation: a source as it is sampled, the rest with `sampler`."""
-        r = self.recipe
-        src = next((s for s in r.sources if s.name == name), None)
-        if src is None:
-            return {"backend": r.sampler.backend, "engine": r.sampler.engine}
-        backend, engine = r.sampler_for(src)
-        return {"backend": backend, "engine": engine, "chat_template": r.chat_template(src)}
+    def output(self, name: str, output: str, part: str | None = None, **fields: str) -> Path:
+        """Where stage `name` (its part `part`) writes its output `output`."""
+        stage = stages.get(name)
+        if output not in stage.outputs:
+            raise KeyError(f"stage {name!r} declares no output {output!r} (it has {sorted(stage.outputs)})")
+        folder = self.dir.root / name / part if part else self.dir.root / name
+        return folder / stage.outputs[output].format(**fields)
+
+    def existing(self, name: str, output: str, part: str | None = None, **fields: str) -> Path:
+        """`output(...)`, which must exist: else one line saying which command makes it."""
+        path = self.output(name, output, part, **fields)
+        if not path.exists():
+            raise StoreError(f"{path} is missing: run `{self.how(name)}` first")
+        return path
 
     # ------------------------------------------------------------------ models
 
+    def models(self) -> dict[str, str]:
+        """Every model of the run (see `model_names`), by name -> a path or Hub id; a model a stage
+        makes is its `model` output, whether made yet or not."""
+        out = {"target_before": resolve_model(self.recipe.target.model)}
+        for stage, model, part in _made_models(self.recipe):
+            out[model] = str(self.output(stage.name, "model", part))
+        for src in self.recipe.fusion_sources:
+            out[src.name] = resolve_model(src.model)
+        return out
+
     def model_key(self, name: str) -> str:
-        """What identifies an evaluated model: the key of the stage that made it, or its reference."""
+        """What identifies a model of the run: the key of the stage that made it, or its reference."""
+        for stage, model, part in _made_models(self.recipe):
+            if model == name:
+                return self.key(f"{stage.name}/{part}" if part else stage.name)
         if name == "target_before":
             return self.recipe.target.model
-        if name == "target_sft":
-            return self.key("sft")
-        if name == "target_dpo":
-            return self.key("dpo")
-        if name.startswith("target_single_"):
-            return self.key(f"controls/{name.removeprefix('target_single_')}")
         return self.recipe.source(name).model
 
 
-def _local_files(args: dict) -> list:
-    """(path, size, mtime) of the local files a builder's arguments name: an edited prompts
-    file changes the prompts stage's key, so it is rebuilt instead of silently reused."""
-    out = []
-    for value in args.values():
-        if not isinstance(value, str) or not value or "\n" in value:
-            continue
-        path = Path(value).expanduser()
-        if not path.exists():
-            continue  # a Hub id or a name
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        out += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return out
+def _made_models(recipe: Recipe) -> list[tuple[stages.StageDef, str, str | None]]:
+    """(stage, model name, part) of every model the recipe's enabled stages make."""
+    return [
+        (stage, model, part)
+        for stage in stages.stages().values()
+        if stage.models is not None and stage.enabled(recipe)
+        for model, part in stage.models(recipe).items()
+    ]
+
+
+def model_names(recipe: Recipe) -> list[str]:
+    """The models of a run: the untrained target (`target_before`), the models its stages make
+    (`target_sft`, `target_dpo`, ...), and each source by its own name (not the target's own samples)."""
+    return ["target_before", *(m for _, m, _ in _made_models(recipe)), *(s.name for s in recipe.fusion_sources)]
 
 
 def print_summary(title: str, rows: list[tuple[str, object]], seconds: float | None = None) -> None:

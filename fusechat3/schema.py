@@ -12,6 +12,8 @@ import json
 import math
 from typing import Any
 
+from fusechat3.errors import RowError
+
 DOMAINS = ("instruction", "math", "code", "zh")
 FINISH_REASONS = ("stop", "length", "error")
 
@@ -28,10 +30,6 @@ SAMPLE_FIELDS = (
 SCORE_FIELDS = ("prompt_id", "model", "sample_idx", "reward", "correct", "verdict")
 # Analysis columns every training-set row keeps beside TRL's own columns.
 TRAINING_META_FIELDS = ("prompt_id", "domain", "model", "score_chosen", "score_rejected")
-
-
-class RowError(ValueError):
-    """A row that does not have the shape of its type; the message names the row and key."""
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from fusechat3.errors import StoreError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -35,10 +37,6 @@ SHARD_SUFFIX = ".parquet"
 _LOCK = ".store.lock"
 # Shard and artifact names become file names; stage names may nest one level per `/`.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class StoreError(ValueError):
-    """A run-directory problem, as one line naming the stage and the fix."""
 
 
 def _check_name(kind: str, name: str, nested: bool = False) -> str:

@@ -147,7 +147,7 @@ def test_alpaca_input_follows_the_instruction() -> None:
 
 
 def test_collect_normalises_results_and_counts_repeated_prompt_ids() -> None:
-    spec = BuilderSpec("toyworld", {"split": "eval", "per_domain": 3})
+    spec = BuilderSpec(builder="toyworld", args={"split": "eval", "per_domain": 3})
     first, again = collect([spec, spec], "test")  # toyworld returns a plain list
     assert len(first.rows) == 12 and first.skipped == {}
     assert again.rows == [] and again.skipped == {"duplicate_prompt": 12}
@@ -227,7 +227,7 @@ def test_math_code_removal_by_category_then_heuristic_with_counts() -> None:
     assert math_or_code(_prompt("How are light years measured?", category="Math")) == "math_prompt"
     assert math_or_code(_prompt("Any prompt", category="Coding & Debugging")) == "code_prompt"
     names = ["magpie_pro_dpo", "ultrafeedback", "magpie_qwen2_zh"]
-    specs = [BuilderSpec(name, {"path": fixture(name)}) for name in names]
+    specs = [BuilderSpec(builder=name, args={"path": fixture(name)}) for name in names]
     built = collect(specs, "test")
     rows, report = prepare(specs, built, seed=0)
     magpie, uf, zh = (rep["skipped"] for rep in report["specs"])

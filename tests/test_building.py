@@ -7,7 +7,8 @@ import random
 import pytest
 
 from fusechat3 import schema
-from fusechat3.building import BuildConfig, build_sets, split_of
+from fusechat3.building import BuildingSpec, build_sets, split_of
+from fusechat3.config import validate
 
 ALL_SFT = {"instruction": 1.0, "math": 1.0, "code": 1.0}
 ALL_DPO = {"instruction": 0.0, "math": 0.0, "code": 0.0}
@@ -39,11 +40,13 @@ def resp(p: dict, model: str, idx: int, reward=None, correct=None, text=None, fi
     return sample, (sc if score else None)
 
 
-def build(prompts: list[dict], resps: list[tuple], **cfg):
-    cfg.setdefault("sft_fraction", ALL_SFT)
+def build(prompts: list[dict], resps: list[tuple], only_source=None, target_source=None, **spec):
+    spec.setdefault("sft_fraction", ALL_SFT)
     samples = [s for s, _ in resps]
     scores = [sc for _, sc in resps if sc is not None]
-    return build_sets(prompts, samples, scores, BuildConfig(**cfg))
+    return build_sets(
+        prompts, samples, scores, BuildingSpec(**spec), only_source=only_source, target_source=target_source
+    )
 
 
 def only_dpo(result) -> dict:
@@ -279,7 +282,7 @@ def test_code_all_failed_is_dropped_and_passing_wins():
 def test_zh_is_sft_only_from_the_designated_source():
     p = prompt("zh", "你好")
     resps = [resp(p, "qwen", 0, 0.3), resp(p, "qwen", 1, 0.4), resp(p, "llama", 0, 0.99)]
-    r = build([p], resps, sft_fraction=ALL_DPO, sft_only_source="qwen")
+    r = build([p], resps, sft_fraction=ALL_DPO, zh_source="qwen")
     row = only_sft(r)
     assert (row["model"], row["messages"][-1]["content"]) == ("qwen", "qwen-1")
     assert r.dpo == []
@@ -289,7 +292,7 @@ def test_zh_is_sft_only_from_the_designated_source():
 
 def test_zh_without_rewards_takes_the_first_sample():
     p = prompt("zh", "你好")
-    r = build([p], [resp(p, "qwen", 1, None), resp(p, "qwen", 0, None)], sft_only_source="qwen")
+    r = build([p], [resp(p, "qwen", 1, None), resp(p, "qwen", 0, None)], zh_source="qwen")
     assert only_sft(r)["messages"][-1]["content"] == "qwen-0"
 
 
@@ -298,43 +301,43 @@ def test_zh_source_missing_or_wrong_is_a_clear_error():
     with pytest.raises(ValueError, match=r"building\.zh_source"):
         build([p], [resp(p, "qwen", 0, 0.5)])
     with pytest.raises(ValueError, match=r"building\.zh_source 'qwn' has no samples.*\['qwen'\]"):
-        build([p], [resp(p, "qwen", 0, 0.5)], sft_only_source="qwn")
+        build([p], [resp(p, "qwen", 0, 0.5)], zh_source="qwn")
 
 
 def test_only_source_restricts_every_rule():
     p, m, z = prompt(), prompt("math", "2+2"), prompt("zh", "你好")
     resps = [resp(p, "a", 0, 0.9), resp(p, "b", 0, 0.5), resp(m, "a", 0, 0.9, True), resp(m, "b", 0, 0.5, True)]
     resps += [resp(z, "b", 0, 0.5)]
-    r = build([p, m, z], resps, only_source="b", sft_only_source="b")
+    r = build([p, m, z], resps, only_source="b", zh_source="b")
     assert [(row["domain"], row["model"]) for row in sorted(r.sft, key=lambda x: x["domain"])] == [
         ("instruction", "b"),
         ("math", "b"),
         ("zh", "b"),
     ]
     assert r.stats["ignored"]["instruction"] == {"other_source": 1}
-    r = build([p, m, z], resps, only_source="a", sft_only_source="b")
+    r = build([p, m, z], resps, only_source="a", zh_source="b")
     assert {row["domain"] for row in r.sft} == {"instruction", "math"}
     assert r.stats["drops"]["zh"] == {"excluded_source": 1}
     assert all(row["model"] == "a" for row in r.sft)
     check_accounting(r.stats)
     with pytest.raises(ValueError, match=r"building\.only_source 'c' has no samples"):
-        build([p], resps, only_source="c", sft_only_source="b")
+        build([p], resps, only_source="c", zh_source="b")
 
 
 # ---------------------------------------------------------------- split, determinism, errors
 
 
 def test_split_is_deterministic_and_close_to_the_fraction():
-    cfg = BuildConfig()
+    cfg = BuildingSpec()
     ids = [schema.stable_hash(i) for i in range(1000)]
     splits = [split_of(pid, "instruction", cfg) for pid in ids]
-    assert splits == [split_of(pid, "instruction", BuildConfig()) for pid in ids]
+    assert splits == [split_of(pid, "instruction", BuildingSpec()) for pid in ids]
     assert 350 <= splits.count("sft") <= 450
-    other_seed = [split_of(pid, "instruction", BuildConfig(seed=1)) for pid in ids]
+    other_seed = [split_of(pid, "instruction", BuildingSpec(seed=1)) for pid in ids]
     assert other_seed != splits and 350 <= other_seed.count("sft") <= 450
     assert {split_of(pid, "zh", cfg) for pid in ids} == {"sft"}
-    assert {split_of(pid, "math", BuildConfig(sft_fraction={"math": 1.0})) for pid in ids} == {"sft"}
-    assert {split_of(pid, "math", BuildConfig(sft_fraction={"math": 0.0})) for pid in ids} == {"dpo"}
+    assert {split_of(pid, "math", BuildingSpec(sft_fraction={"math": 1.0})) for pid in ids} == {"sft"}
+    assert {split_of(pid, "math", BuildingSpec(sft_fraction={"math": 0.0})) for pid in ids} == {"dpo"}
 
 
 def test_domain_without_a_fraction_is_a_clear_error():
@@ -354,7 +357,7 @@ def test_result_does_not_depend_on_input_order():
             for idx in range(3):
                 finish = "length" if rng.random() < 0.1 else "stop"
                 resps.append(resp(p, model, idx, round(rng.uniform(0.4, 0.6), 3), rng.random() < 0.5, finish=finish))
-    cfg = {"sft_fraction": {"instruction": 0.4, "math": 0.4, "code": 0.4}, "sft_only_source": "qwen"}
+    cfg = {"sft_fraction": {"instruction": 0.4, "math": 0.4, "code": 0.4}, "zh_source": "qwen"}
     first = build(prompts, resps, **cfg)
     assert first.sft and first.dpo
     assert [r["prompt_id"] for r in first.sft] == sorted(r["prompt_id"] for r in first.sft)
@@ -370,29 +373,29 @@ def test_orphan_rows_are_counted_and_duplicates_are_errors():
     s, sc = resp(p, "a", 0, 0.5)
     gs, gsc = resp(ghost, "a", 0, 0.5)
     _, extra = resp(p, "a", 9, 0.5)
-    r = build_sets([p], [s, gs], [sc, gsc, extra], BuildConfig(sft_fraction=ALL_SFT))
+    r = build_sets([p], [s, gs], [sc, gsc, extra], BuildingSpec(sft_fraction=ALL_SFT))
     assert r.stats["rows"] == {"sample_without_prompt": 1, "score_without_sample": 1}
     with pytest.raises(ValueError, match=r"samples\[1\]: duplicate"):
-        build_sets([p], [s, dict(s)], [sc], BuildConfig(sft_fraction=ALL_SFT))
+        build_sets([p], [s, dict(s)], [sc], BuildingSpec(sft_fraction=ALL_SFT))
     with pytest.raises(ValueError, match=r"prompts\[1\]: duplicate prompt_id"):
-        build_sets([p, dict(p)], [s], [sc], BuildConfig(sft_fraction=ALL_SFT))
+        build_sets([p, dict(p)], [s], [sc], BuildingSpec(sft_fraction=ALL_SFT))
     with pytest.raises(schema.RowError, match=r"scores\[0\]: missing field\(s\) \['reward'\]"):
-        build_sets([p], [s], [{k: v for k, v in sc.items() if k != "reward"}], BuildConfig(sft_fraction=ALL_SFT))
+        build_sets([p], [s], [{k: v for k, v in sc.items() if k != "reward"}], BuildingSpec(sft_fraction=ALL_SFT))
 
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [
         ({"sft_fraction": {"math": 1.5}}, r"building\.sft_fraction\.math"),
-        ({"reward_gap": (0.1, 0.01)}, r"building\.reward_gap:"),
-        ({"reward_gap": (0.1,)}, r"building\.reward_gap:"),
+        ({"reward_gap": [0.1, 0.01]}, r"building\.reward_gap' must be two numbers"),
+        ({"reward_gap": [0.1]}, r"building\.reward_gap' must be two numbers"),
         ({"reward_gap_per_domain": {"math": "x"}}, r"building\.reward_gap_per_domain\.math"),
         ({"sft_only_domains": "zh"}, r"building\.sft_only_domains"),
     ],
 )
 def test_bad_config_values_name_the_recipe_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
-        BuildConfig(**kwargs)
+        validate(BuildingSpec, kwargs, where="building")
 
 
 # ---------------------------------------------------------------- WRPO triplets
@@ -412,7 +415,7 @@ def test_wrpo_triplet_takes_best_source_response_and_targets_best_and_worst():
             resp(p, "tgt", 3, 0.95, finish="length"),  # truncated: counted, never picked
         ],
         sft_fraction=ALL_DPO,
-        reward_gap=(0.01, 0.1),
+        reward_gap=[0.01, 0.1],
         target_source="tgt",
     )
     assert len(r.wrpo) == 1, r.stats
@@ -477,7 +480,7 @@ def test_wrpo_missing_target_samples_or_zh_from_target_is_a_clear_error():
         build([p], [resp(p, "a", 0, 0.5)], target_source="tgt")
     z = prompt("zh", text="ni hao")
     with pytest.raises(ValueError, match="zh_source 'tgt' is the target's own samples"):
-        build([z], [resp(z, "tgt", 0, 0.5)], target_source="tgt", sft_only_source="tgt")
+        build([z], [resp(z, "tgt", 0, 0.5)], target_source="tgt", zh_source="tgt")
 
 
 # ---------------------------------------------------------------- properties over random worlds
@@ -505,8 +508,8 @@ def test_properties_of_the_built_sets(seed):
     prompts, resps = _random_world(seed)
     cfg = dict(
         sft_fraction={"instruction": 0.4, "math": 0.5, "code": 0.5},
-        reward_gap=(0.01, 0.1),
-        sft_only_source="a",
+        reward_gap=[0.01, 0.1],
+        zh_source="a",
         target_source="tgt",
     )
     r = build(prompts, resps, **cfg)
@@ -550,8 +553,8 @@ def test_heldout_rows_leave_every_set_deterministically():
     prompts, resps = _random_world(7)
     cfg = dict(
         sft_fraction={"instruction": 0.4, "math": 0.5, "code": 0.5},
-        reward_gap=(0.01, 0.1),
-        sft_only_source="a",
+        reward_gap=[0.01, 0.1],
+        zh_source="a",
         target_source="tgt",
     )
     full = build(prompts, resps, **cfg)

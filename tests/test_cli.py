@@ -30,7 +30,7 @@ def test_help_imports_no_heavy_library():
 
 
 def test_import_fusechat3_is_light():
-    code = "import sys, fusechat3, fusechat3.recipe, fusechat3.pipeline, fusechat3.sampling, fusechat3.training\nprint(sorted(m for m in ('torch','vllm','trl','transformers') if m in sys.modules))"
+    code = "import sys, fusechat3, fusechat3.recipe, fusechat3.stages, fusechat3.sampling, fusechat3.training\nprint(sorted(m for m in ('torch','vllm','trl','transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stderr
 

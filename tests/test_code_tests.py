@@ -1,12 +1,12 @@
-"""Tests for fusechat3.scoring.code_tests: assert extraction from self-oss-instruct responses and LeetCode
+"""Tests for data_builders._code_tests: assert extraction from self-oss-instruct responses and LeetCode
 examples checked against the reference solution, on fixtures in the real datasets' layouts (the sandbox is real)."""
 
 from __future__ import annotations
 
 import pytest
 
+from data_builders._code_tests import asserts_from_response, examples, leetcode_tests, leetcode_tests_many
 from fusechat3.scoring.code import extract_code, run_tests, run_tests_many
-from fusechat3.scoring.code_tests import asserts_from_response, examples, leetcode_tests, leetcode_tests_many
 
 # ---------------------------------------------------------------------------------------------------------------
 # self-oss-instruct-sc2: the `response` column (solution, explanation, then the [Tests] part)

@@ -57,7 +57,7 @@ def _recipe(tmp: Path, extra: list[str] = ()):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from fusechat3.pipeline import run_all
+    from fusechat3.stages import run_all
 
     run = Run(_recipe(tmp_path_factory.mktemp("run")))
     run_all(run)
@@ -166,7 +166,7 @@ def test_training_changed_the_target(finished_run):
 
 
 def test_scoreboard(finished_run):
-    board = json.loads((Path(finished_run.dir.root) / "scoreboard.json").read_text())
+    board = json.loads((Path(finished_run.dir.root) / "eval" / "scoreboard.json").read_text())
     models = board["models"]
     for key in (
         "target_before",
@@ -184,7 +184,7 @@ def test_scoreboard(finished_run):
 
 
 def test_rerun_is_a_no_op(finished_run):
-    from fusechat3.pipeline import run_all
+    from fusechat3.stages import run_all
 
     root = Path(finished_run.dir.root)
     before = {p: p.stat().st_mtime_ns for p in root.rglob("manifest.json")}

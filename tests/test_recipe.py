@@ -70,10 +70,10 @@ def test_minimal_recipe_gets_documented_defaults(tmp_path):
     assert r.building.gap_for("math") == [0.01, 0.1]
     assert r.sampler.backend == "vllm" and r.sampler.shard_size == 512
     # YAML 1.1 would read 5e-6 as a string; TRL needs a float.
-    assert r.sft == {"learning_rate": 5e-6} and isinstance(r.sft["learning_rate"], float)
+    assert r.sft.trl == {"learning_rate": 5e-6} and isinstance(r.sft.trl["learning_rate"], float)
     # A partial eval.sampling keeps the eval defaults (greedy, one sample), not SamplingSpec's.
     assert r.eval.sampling.max_tokens == 64 and r.eval.sampling.n == 1 and r.eval.sampling.temperature == 0.0
-    assert r.controls.enabled is False and r.dpo == {}
+    assert r.controls.enabled is False and r.dpo.trl == {}
 
 
 def test_defaults_are_not_shared_between_recipes(tmp_path):

@@ -77,15 +77,15 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def test_long_prompts_are_skipped_and_never_shift_outputs(tmp_path: Path) -> None:
-    from fusechat3.pipeline import stage_fn
     from fusechat3.recipe import resolve_model
     from fusechat3.sampling import GenParams, get_sampler
     from fusechat3.sampling.base import derive_seed
+    from fusechat3.stages import get as stage_fn
 
     # 10 prompts, shard size 4: long ones at 1 and 2 (mid-shard 0) and at 6 (mid-shard 1).
     run = Run(load_recipe(_recipe_file(tmp_path, "vllm", 10, long_at=(1, 2, 6))))
-    stage_fn("prompts")(run)
-    stage_fn("sample")(run)
+    stage_fn("prompts").run(run)
+    stage_fn("sample").run(run)
     prompts = run.read("prompts")
     long_ids = {p["prompt_id"] for p in prompts if LONG in p["messages"][-1]["content"]}
     assert len(prompts) == 13 and len(long_ids) == 3
@@ -156,10 +156,10 @@ def _check_resume_after_kills(tmp_path: Path, backend: str, kill_after_shards: l
 
     # The same recipe, never interrupted, in another run directory.
     reference = Run(load_recipe(recipe, [f"run_dir={tmp_path / 'reference'}"]))
-    from fusechat3.pipeline import stage_fn
+    from fusechat3.stages import get as stage_fn
 
-    stage_fn("prompts")(reference)
-    stage_fn("sample")(reference)
+    stage_fn("prompts").run(reference)
+    stage_fn("sample").run(reference)
     expected = _rows(reference)
     assert len(expected) == 28 * 2
     assert len({(r[0], r[1]) for r in resumed}) == len(resumed)  # no duplicates
@@ -181,16 +181,16 @@ def test_sigkill_at_any_point_resumes_to_the_same_rows_vllm(tmp_path: Path) -> N
 
 
 def test_shard_workers_add_up_to_one_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from fusechat3.pipeline import stage_fn
     from fusechat3.sampling.stage import run_sample
+    from fusechat3.stages import get as stage_fn
 
     recipe = _recipe_file(tmp_path, "hf", 10, shard_size=2)  # 5 shards
     whole = Run(load_recipe(recipe, [f"run_dir={tmp_path / 'whole'}"]))
-    stage_fn("prompts")(whole)
-    stage_fn("sample")(whole)
+    stage_fn("prompts").run(whole)
+    stage_fn("sample").run(whole)
 
     split = Run(load_recipe(recipe))
-    stage_fn("prompts")(split)
+    stage_fn("prompts").run(split)
     workers_done: set[int] = set()
     for i in (2, 0, 1):  # any order: separate workers of a job array
         assert not split.stage("sample/mm").done()

@@ -125,14 +125,18 @@ def test_unknown_backend_names_the_registered_ones() -> None:
         get_sampler("nope", "some/model")
 
 
-def test_genparams_from_dict_errors() -> None:
-    assert GenParams.from_dict({"n": 5, "temperature": 0.7, "stop": ["\n\n"]}).n == 5
-    with pytest.raises(ValueError, match=r"sources\.qwen\.sampling: unknown key\(s\) \['top_q'\]"):
-        GenParams.from_dict({"top_q": 0.9}, where="sources.qwen.sampling")
-    with pytest.raises(ValueError, match=r"sampling: n must be an integer >= 1.*top_p must be in"):
-        GenParams.from_dict({"n": 0, "top_p": 1.5})
-    with pytest.raises(ValueError, match="stop must be a list"):
-        GenParams(stop="\n")  # a bare string would be split into characters
+def test_genparams_validation_errors() -> None:
+    from fusechat3.config import validate
+
+    assert validate(GenParams, {"n": 5, "temperature": 0.7, "stop": ["\n\n"]}).n == 5
+    with pytest.raises(ValueError, match=r"unknown key 'sources\.qwen\.sampling\.top_q' \(did you mean 'top_p'\?\)"):
+        validate(GenParams, {"top_q": 0.9}, where="sources.qwen.sampling")
+    with pytest.raises(ValueError, match=r"^key 'n' must be >= 1, got 0$"):
+        validate(GenParams, {"n": 0})
+    with pytest.raises(ValueError, match=r"^key 'top_p' must be in \(0, 1\], got 1.5$"):
+        validate(GenParams, {"top_p": 1.5})
+    with pytest.raises(ValueError, match="must be a list of strings"):
+        validate(GenParams, {"stop": "\n"})  # a bare string would be split into characters
 
 
 def test_import_is_light() -> None:

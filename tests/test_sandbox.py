@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from procs import gone_soon, sleepers
 
-from fusechat3.scoring import code as sandbox
+from fusechat3.scoring import sandbox
 from fusechat3.scoring.code import FILE_SIZE_LIMIT, extract_code, pool_size, run_tests, run_tests_many, undefined_names
 
 ADD = "def add(a, b):\n    return a + b\n"

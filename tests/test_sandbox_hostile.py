@@ -1,4 +1,4 @@
-"""Hostile programs against the real sandbox (fusechat3.scoring.code): each is contained, gets a verdict, and
+"""Hostile programs against the real sandbox (fusechat3.scoring.sandbox): each is contained, gets a verdict, and
 leaves the host unharmed (files, processes, the test runner).
 
 Every program defines a *wrong* `add` (a - b) after its attack, so that an honest judge says "test_failed" once
@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 from procs import gone_soon, sleepers
 
-from fusechat3.scoring import code as sandbox
+from fusechat3.scoring import sandbox
 from fusechat3.scoring.code import run_tests_many
 
 WRONG = "\ndef add(a, b):\n    return a - b\n"
@@ -456,7 +456,7 @@ def test_hostile_program_is_contained(outcome: Outcome, name: str) -> None:
 def test_known_limit_frame_walking_forgery(outcome: Outcome) -> None:
     """A program that walks up into the harness's frames finds the verdict line and writes "passed": the tests
     run in its own interpreter, so the sandbox cannot keep the verdict from a program written against it (see
-    the module docstring of fusechat3.scoring.code). If this starts passing, update the docs."""
+    the module docstring of fusechat3.scoring.sandbox). If this starts passing, update the docs."""
     passed, verdict = outcome.verdicts["frame_walking_forgery"]
     if not passed:
         pytest.fail(f"the known limit no longer holds ({verdict}): the forgery failed; update the documentation")

@@ -165,7 +165,7 @@ def test_sft_trains_saves_and_is_deterministic(tiny_model, sft_file, tmp_path, c
 def test_sft_loss_mask_covers_only_the_completion(tiny_model, sft_file, tmp_path):
     from transformers import AutoTokenizer
 
-    from fusechat3.training.common import load_parquet
+    from fusechat3.training.data import load_parquet
     from fusechat3.training.sft import SFT_COLUMNS, build_sft_trainer, sft_config
 
     config = sft_config(dict(FAST), str(tmp_path / "out"))
@@ -184,7 +184,7 @@ def test_sft_loss_mask_covers_only_the_completion(tiny_model, sft_file, tmp_path
 
 
 def test_dpo_sigmoid_norm_trains(tiny_model, dpo_file, tmp_path):
-    from fusechat3.training.common import load_parquet
+    from fusechat3.training.data import load_parquet
     from fusechat3.training.dpo import DPO_COLUMNS, dpo_config, run_dpo
 
     args = dict(
@@ -275,7 +275,7 @@ def test_bad_rows_are_reasons_not_errors():
 
 
 def test_cpu_defaults():
-    from fusechat3.training.common import device_defaults
+    from fusechat3.training.config import device_defaults
 
     out = device_defaults({"bf16": True, "optim": "adamw_torch_fused", "report_to": "wandb"}, has_cuda=False)
     assert out["use_cpu"] is True and out["bf16"] is False and out["fp16"] is False
@@ -292,7 +292,7 @@ def test_dataset_folder_keeps_only_trl_columns(sft_file, tmp_path):
     import shutil
 
     from fusechat3.schema import RowError
-    from fusechat3.training.common import load_named_dataset
+    from fusechat3.training.data import load_named_dataset
     from fusechat3.training.dpo import DPO_COLUMNS
     from fusechat3.training.sft import SFT_COLUMNS
 

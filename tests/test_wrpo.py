@@ -93,7 +93,8 @@ def _trainer(target: str, tmp_path: Path, args: dict, rows: list[dict], **kwargs
     import datasets
     from transformers import AutoTokenizer
 
-    from fusechat3.training.wrpo import WRPO_COLUMNS, WRPOTrainer, wrpo_config
+    from fusechat3.training.wrpo import WRPO_COLUMNS, wrpo_config
+    from fusechat3.training.wrpo_trainer import WRPOTrainer
 
     config = wrpo_config(FAST | args, str(tmp_path / "out"))
     dataset = datasets.Dataset.from_list([{c: r[c] for c in WRPO_COLUMNS} for r in rows])
@@ -160,7 +161,7 @@ def test_loss_matches_hand_computation(target, tmp_path, schedule, normalize, ex
 
 
 def test_alpha_schedule():
-    from fusechat3.training.wrpo import wrpo_alpha
+    from fusechat3.training.wrpo_trainer import wrpo_alpha
 
     assert wrpo_alpha(0.1, "linear", 0, 100) == 0.0
     assert wrpo_alpha(0.1, "linear", 50, 100) == pytest.approx(0.05)
@@ -192,7 +193,7 @@ def test_config_defaults_and_errors(tmp_path):
 def test_short_run_learns(target, wrpo_file, tmp_path):
     import torch
 
-    from fusechat3.training.common import load_parquet
+    from fusechat3.training.data import load_parquet
     from fusechat3.training.wrpo import WRPO_COLUMNS, build_wrpo_trainer, wrpo_config
 
     steps, alpha = 20, 0.5
@@ -269,7 +270,8 @@ def _dpo_only_trainer(target: str, tmp_path: Path):
     import datasets
     from transformers import AutoTokenizer
 
-    from fusechat3.training.wrpo import WRPOTrainer, wrpo_config
+    from fusechat3.training.wrpo import wrpo_config
+    from fusechat3.training.wrpo_trainer import WRPOTrainer
 
     rows = [{c: _row(i)[c] for c in ("prompt", "chosen", "rejected")} for i in range(2)]
     return WRPOTrainer(
@@ -315,8 +317,9 @@ def test_entry_point_config_error_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "wrpo").glob("*.yaml")), ids=lambda p: p.name)
 def test_recipes_load_into_wrpo_config(recipe, tmp_path):
-    from fusechat3.training.common import load_run_config
-    from fusechat3.training.wrpo import WRPO_COLUMNS, WRPOConfig, wrpo_config
+    from fusechat3.training.config import load_run_config
+    from fusechat3.training.wrpo import WRPO_COLUMNS, wrpo_config
+    from fusechat3.training.wrpo_trainer import WRPOConfig
 
     run = load_run_config(str(recipe), "wrpo", WRPOConfig, extra_keys=("ref_model",))
     config = wrpo_config(run.args, str(tmp_path))
@@ -334,7 +337,7 @@ def test_source_tokenization_uses_one_prompt_for_all_three(target):
     completions (TRL's completion-start rule), and the cut-off prompt tokens start each completion."""
     from transformers import AutoTokenizer
 
-    from fusechat3.training.wrpo import _tokenize_source
+    from fusechat3.training.wrpo_trainer import _tokenize_source
 
     tokenizer = AutoTokenizer.from_pretrained(target)
     row = _row(1)

@@ -8,58 +8,51 @@ the same rules pick from that one source's responses: the single-source baseline
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from fusechat3.building.rules import BuildConfig, build_sets
+from fusechat3.building.rules import build_sets
+from fusechat3.recipe import Recipe, as_dict
 from fusechat3.run import Run, log, print_summary
+from fusechat3.stages import StageDef
 
 
-def build_config(run: Run, only_source: str | None = None) -> BuildConfig:
-    b = run.recipe.building
-    return BuildConfig(
-        sft_fraction=dict(b.sft_fraction),
-        reward_gap=tuple(b.reward_gap),
-        reward_gap_per_domain={d: (tuple(v) if v is not None else None) for d, v in b.reward_gap_per_domain.items()},
-        sft_only_domains=tuple(b.sft_only_domains),
-        sft_only_source=b.zh_source,
-        only_source=only_source,
-        target_source=run.recipe.target_samples.name if run.recipe.target_samples else None,
-        seed=b.seed,
-        heldout_fraction=b.heldout_fraction,
-    )
+def _target_source(run: Run) -> str | None:
+    return run.recipe.target_samples.name if run.recipe.target_samples else None
 
 
-def control_sources(run: Run) -> list[str]:
-    c = run.recipe.controls
+def control_sources(recipe: Recipe) -> list[str]:
+    """The sources that get a single-source control (none unless controls.enabled)."""
+    c = recipe.controls
     if not c.enabled:
         return []
-    return list(c.sources) if c.sources is not None else [s.name for s in run.recipe.fusion_sources]
+    return list(c.sources) if c.sources is not None else [s.name for s in recipe.fusion_sources]
 
 
 def run_build(run: Run) -> None:
-    stage = run.stage("build")
+    stage = run.stage(BUILD.name)
     if stage.done():
         log("build: done already")
         return
     t0 = time.time()
     prompts = run.read("prompts")
-    samples = [s for src in run.recipe.sources for s in run.read(f"sample/{src.name}")]
+    samples = [s for part in run.parts("sample") for s in run.read(part)]
     scores = run.read("score")
-    result = build_sets(prompts, samples, scores, build_config(run))
+    spec, target = run.recipe.building, _target_source(run)
+    result = build_sets(prompts, samples, scores, spec, target_source=target)
+    # Each set is one shard of the stage, named as its declared output file (build/<set>.parquet).
     stage.write_shard("sft", result.sft)
     stage.write_shard("dpo", result.dpo)
-    if build_config(run).target_source is not None:
+    if target is not None:
         stage.write_shard("wrpo", result.wrpo)
     for name, rows in result.heldout.items():
         stage.write_shard(f"{name}-heldout", rows)
     controls = {}
-    for name in control_sources(run):
-        only = build_sets(prompts, samples, scores, build_config(run, only_source=name))
+    for name in control_sources(run.recipe):
+        only = build_sets(prompts, samples, scores, spec, only_source=name, target_source=target)
         stage.write_shard(f"control-{name}", only.sft)
         controls[name] = {"sft": len(only.sft), "stats": only.stats}
     secs = time.time() - t0
     counts = {"sft": len(result.sft), "dpo": len(result.dpo)}
-    if build_config(run).target_source is not None:
+    if target is not None:
         counts["wrpo"] = len(result.wrpo)
     counts.update({f"{name}-heldout": len(rows) for name, rows in result.heldout.items()})
     stage.finish({**counts, "stats": result.stats, "controls": controls})
@@ -86,9 +79,21 @@ def run_build(run: Run) -> None:
     print_summary("build", rows, secs)
 
 
-def training_file(run: Run, shard: str) -> str:
-    """The parquet file of one of the build stage's sets (sft, dpo, control-<source>)."""
-    path = Path(run.dir.root) / "build" / f"{shard}.parquet"
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: run `fusechat3 build {run.recipe.path or '<recipe>'}` first")
-    return str(path)
+BUILD = StageDef(
+    name="build",
+    help="build the SFT, DPO (and WRPO) sets by the FuseChat-3.0 rules",
+    run=run_build,
+    reads=("prompts", "sample", "score"),
+    settings=lambda run, part: {
+        "building": as_dict(run.recipe.building),
+        "target_samples": _target_source(run),
+        "controls": control_sources(run.recipe),
+    },
+    outputs={
+        "sft": "sft.parquet",
+        "dpo": "dpo.parquet",
+        "wrpo": "wrpo.parquet",
+        "heldout": "{set}-heldout.parquet",  # set: sft, dpo, wrpo (building.heldout_fraction > 0)
+        "control": "control-{source}.parquet",  # one source's SFT rows (controls.enabled)
+    },
+)

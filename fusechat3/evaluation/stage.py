@@ -1,38 +1,27 @@
 """The `eval` stage: held-out accuracy per domain of every model of a run, with the same
-verifiers that scoring uses, written as `runs/<name>/scoreboard.json`:
+verifiers that scoring uses, written as `runs/<name>/eval/scoreboard.json`:
 
     {"models": {"<model>": {"<domain>": accuracy, ..., "average": mean over domains}, ...},
      "n": {"<domain>": prompts}}
 
-Models: `target_before` (the untrained target), `target_sft`, `target_dpo`, one
-`target_single_<source>` per control, and each source by its own name. Each model is
+Models (`run.model_names`): `target_before` (the untrained target), the models the training
+stages make (`target_sft`, `target_dpo`, `target_wrpo`, one `target_single_<source>` per
+control), and each source by its own name. Each model is
 sampled greedily with its own chat template; each is its own resumable stage
 (`eval/<model>`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections import defaultdict
 
-from fusechat3.building.stage import control_sources
-from fusechat3.recipe import resolve_model
-from fusechat3.run import Run, log
+from fusechat3.recipe import as_dict
+from fusechat3.run import Run, log, model_names
 from fusechat3.scoring.verify import verify_many
-
-
-def eval_models(run: Run) -> dict[str, str]:
-    """Model name -> path or Hub id, for every model of the run that exists (or will)."""
-    root = run.dir.root
-    models = {"target_before": resolve_model(run.recipe.target.model)}
-    models["target_sft"] = str(root / "sft" / "model")
-    models["target_dpo"] = str(root / "dpo" / "model")
-    for name in control_sources(run):
-        models[f"target_single_{name}"] = str(root / "controls" / name / "model")
-    for src in run.recipe.fusion_sources:  # the target's own samples (role: target) are target_before
-        models[src.name] = resolve_model(src.model)
-    return models
+from fusechat3.stages import StageDef, require_enabled
 
 
 def eval_prompt_rows(run: Run) -> list[dict]:
@@ -54,39 +43,27 @@ def eval_prompt_rows(run: Run) -> list[dict]:
 def run_eval(run: Run, only: list[str] | None = None) -> dict:
     from pathlib import Path
 
-    from fusechat3.sampling import GenParams, get_sampler
+    from fusechat3.sampling import get_sampler
 
     recipe = run.recipe
-    if recipe.eval is None:
-        raise ValueError(f"{recipe.path}: this recipe has no `eval:` section")
+    require_enabled(run, EVAL)
     prompts = eval_prompt_rows(run)
     sp = recipe.eval.sampling
-    params = GenParams(
-        n=1,
-        temperature=sp.temperature,
-        top_p=sp.top_p,
-        top_k=sp.top_k,
-        repetition_penalty=sp.repetition_penalty,
-        max_tokens=sp.max_tokens,
-        seed=sp.seed,
-        stop=list(sp.stop),
-    )
+    params = sp.with_n(1)
     board: dict[str, dict[str, float]] = {}
-    for name, path in eval_models(run).items():
+    for name, path in run.models().items():
         if only and name not in only:
             continue
         made_by_run = name.startswith("target_") and name != "target_before"
         if made_by_run and not (Path(path) / "config.json").is_file():
             log(f"eval: {name} skipped: no model at {path} (run its stage first)")
             continue
-        stage = run.stage(f"eval/{name}")
+        stage = run.stage(f"{EVAL.name}/{name}")
         if not stage.done():
             t0 = time.time()
             log(f"eval: {name} on {len(prompts)} held-out prompts")
             # A source is evaluated the way it is sampled (its own backend, engine, template).
-            src = next((s for s in recipe.sources if s.name == name), None)
-            backend, engine = recipe.sampler_for(src) if src else (recipe.sampler.backend, recipe.sampler.engine)
-            template = recipe.chat_template(src) if src else None
+            backend, engine, template = _how_sampled(run, name)
             sampler = get_sampler(backend, path, chat_template=template, **engine)
             try:
                 outs = sampler.generate([p["messages"] for p in prompts], params)
@@ -119,7 +96,7 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
     for p in prompts:
         n[p["domain"]] += 1
     result = {"models": board, "n": dict(n)}
-    out = run.dir.root / "scoreboard.json"
+    out = run.output(EVAL.name, "scoreboard")
     out.write_text(json.dumps(result, indent=1))
     print_scoreboard(result)
     log(f"scoreboard written to {out}")
@@ -148,3 +125,41 @@ def print_scoreboard(result: dict) -> None:
     for name, acc in models.items():
         table.add_row(name, *(f"{100 * acc.get(d, 0):.1f}" for d in [*domains, "average"]))
     Console().print(table)
+
+
+def _how_sampled(run: Run, name: str) -> tuple[str, dict, str | None]:
+    """How model `name` is run: a source as it is sampled (its backend, engine, template), the rest with `sampler`."""
+    r = run.recipe
+    src = next((s for s in r.sources if s.name == name), None)
+    if src is None:
+        return r.sampler.backend, dict(r.sampler.engine), None
+    backend, engine = r.sampler_for(src)
+    return backend, engine, r.chat_template(src)
+
+
+def _settings(run: Run, part: str | None) -> dict:
+    return {
+        "eval": as_dict(run.recipe.eval),
+        "model": run.model_key(part),
+        "sampler": _how_sampled(run, part),
+        "code": as_dict(run.recipe.scoring.code),
+    }
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models", dest="only", nargs="+", help="evaluate only these models (e.g. target_before qwen2-code)"
+    )
+
+
+EVAL = StageDef(
+    name="eval",
+    help="held-out accuracy of every model of the run -> eval/scoreboard.json",
+    run=run_eval,
+    settings=_settings,
+    parts=model_names,  # one part per model: eval/<model>
+    outputs={"results": "results.parquet", "scoreboard": "scoreboard.json"},
+    enabled=lambda recipe: recipe.eval is not None,
+    disabled_reason="the recipe has no `eval:` section",
+    arguments=_arguments,
+)

@@ -1,5 +1,5 @@
-"""What every sampling backend shares: the sampling settings, the result type, the
-`Sampler` protocol, the registry of backends by name, and the prompt rendering.
+"""What every sampling backend shares: the result type, the `Sampler` protocol, the registry
+of backends by name, and the prompt rendering (the sampling settings are `params.GenParams`).
 
 Backends live one per file (vllm.py, hf.py) and register themselves here with
 `@register("name")`; they import their heavy libraries inside functions, so importing
@@ -11,63 +11,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from fusechat3.errors import RecipeError, RowError
+from fusechat3.sampling.params import GenParams
 from fusechat3.schema import stable_hash
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class GenParams:
-    """One source's sampling settings (the recipe's per-source `sampling` block)."""
-
-    n: int = 1
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = -1  # -1 or 0: no top-k filter
-    repetition_penalty: float = 1.0
-    max_tokens: int = 2048
-    seed: int = 0
-    stop: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.n, int) or self.n < 1:
-            problems.append(f"n must be an integer >= 1, got {self.n!r}")
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.top_k, int) or self.top_k < -1:
-            problems.append(f"top_k must be -1/0 (off) or a positive integer, got {self.top_k!r}")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            problems.append(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
-            problems.append(f"stop must be a list of non-empty strings, got {self.stop!r}")
-        if problems:
-            raise ValueError("sampling: " + "; ".join(problems))
-        self.stop = list(self.stop)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "sampling") -> GenParams:
-        """Build from a recipe mapping; an unknown key or a bad value is one line naming `where`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-        try:
-            return cls(**values)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{where}: {err}") from None
 
 
 @dataclass
@@ -151,7 +103,7 @@ def sampling_key(recipe: Any, source: Any) -> str:
             "revision": engine.get("revision"),
             "engine": {k: v for k, v in engine.items() if k not in SPEED_ONLY_OPTIONS},
             "backend": backend,
-            "sampling": dataclasses.asdict(source.sampling),
+            "sampling": source.sampling.model_dump(),
             "chat_template": recipe.chat_template(source),
         },
         12,
@@ -183,7 +135,7 @@ def get_sampler(backend: str, model: str, **engine_kwargs: Any) -> Sampler:
     backend's engine (e.g. `vllm.LLM(...)` for "vllm").
     """
     if backend not in _BACKENDS:
-        raise ValueError(f"sampler backend {backend!r} is not registered; choose one of {backends()}")
+        raise RecipeError(f"sampler backend {backend!r} is not registered; choose one of {backends()}")
     return _BACKENDS[backend](model, **engine_kwargs)
 
 
@@ -191,15 +143,15 @@ def check_conversation(conversation: list[dict], index: int | str) -> None:
     """A conversation is a non-empty chat list of {role, content} strings that ends with a
     non-empty user turn; anything else is one error line naming `index`."""
     if not isinstance(conversation, (list, tuple)) or not len(conversation):
-        raise ValueError(f"conversation {index}: must be a non-empty list of {{role, content}} messages")
+        raise RowError(f"conversation {index}: must be a non-empty list of {{role, content}} messages")
     for k, m in enumerate(conversation):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ValueError(f"conversation {index}: message {k} must be {{role: str, content: str}}, got {m!r:.80}")
+            raise RowError(f"conversation {index}: message {k} must be {{role: str, content: str}}, got {m!r:.80}")
     last = conversation[-1]
     if last["role"] != "user":
-        raise ValueError(f"conversation {index}: the last message must be the user's, got {last['role']!r}")
+        raise RowError(f"conversation {index}: the last message must be the user's, got {last['role']!r}")
     if not last["content"].strip():
-        raise ValueError(f"conversation {index}: the user message is empty; drop the prompt or give it text")
+        raise RowError(f"conversation {index}: the user message is empty; drop the prompt or give it text")
 
 
 def derive_seed(*parts: Any) -> int:

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from fusechat3.errors import RecipeError, UserError
 from fusechat3.sampling.base import (
     Completion,
     GenParams,
@@ -46,7 +47,10 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     if not ids:
-        raise ValueError(f"hf sampler: {model.name_or_path} has no EOS token (tokenizer nor generation_config)")
+        raise UserError(
+            f"hf sampler: {model.name_or_path} has no EOS token (tokenizer nor generation_config); "
+            "set eos_token_id in its generation_config.json"
+        )
     return ids
 
 
@@ -60,8 +64,10 @@ class HFSampler:
 
         unknown = sorted(set(engine_kwargs) - set(_ENGINE_DEFAULTS))
         if unknown:
-            raise ValueError(f"sampler.engine: unknown hf option(s) {unknown}; allowed: {sorted(_ENGINE_DEFAULTS)}")
+            raise RecipeError(f"sampler.engine: unknown hf option(s) {unknown}; allowed: {sorted(_ENGINE_DEFAULTS)}")
         opts = {**_ENGINE_DEFAULTS, **engine_kwargs}
+        if isinstance(opts["batch_size"], bool) or not isinstance(opts["batch_size"], int) or opts["batch_size"] < 1:
+            raise RecipeError(f"sampler.engine: batch_size must be an integer >= 1, got {opts['batch_size']!r}")
         self.model_name = model
         self.chat_template = chat_template
         self.stats: Counter = Counter()
@@ -69,7 +75,11 @@ class HFSampler:
         device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = opts["dtype"] or ("float32" if device == "cpu" else "auto")
         load = {"trust_remote_code": opts["trust_remote_code"], "revision": opts["revision"]}
-        self.tokenizer = AutoTokenizer.from_pretrained(model, **load)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model, **load)
+        except (OSError, ValueError) as e:  # a wrong path, Hub id or revision: transformers says which
+            reason = " ".join(str(e).split())[:300]
+            raise UserError(f"hf sampler: cannot load {model!r} ({reason}); check the model path or Hub id") from None
         self.tokenizer.padding_side = "left"  # decoder-only batches grow on the right
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **load).to(device).eval()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any
 
+from fusechat3.errors import RecipeError, UserError
 from fusechat3.sampling.base import (
     Completion,
     GenParams,
@@ -95,7 +96,7 @@ def _quiet_transport_loggers() -> None:
 def _options(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(engine_kwargs) - set(_ENGINE_DEFAULTS))
     if unknown:
-        raise ValueError(f"sampler.engine: unknown openai option(s) {unknown}; allowed: {sorted(_ENGINE_DEFAULTS)}")
+        raise RecipeError(f"sampler.engine: unknown openai option(s) {unknown}; allowed: {sorted(_ENGINE_DEFAULTS)}")
     opts = {**_ENGINE_DEFAULTS, **engine_kwargs}
     problems = []
     if not isinstance(opts["base_url"], str) or not opts["base_url"].startswith(("http://", "https://")):
@@ -111,7 +112,7 @@ def _options(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
     if opts["api_key_env"] is not None and (not isinstance(opts["api_key_env"], str) or not opts["api_key_env"]):
         problems.append(f"api_key_env must be the name of an environment variable, got {opts['api_key_env']!r}")
     if problems:
-        raise ValueError("sampler.engine: " + "; ".join(problems))
+        raise RecipeError("sampler.engine: " + "; ".join(problems))
     return opts
 
 
@@ -120,7 +121,7 @@ def _api_key(env_name: str | None) -> str:
         return "EMPTY"  # servers without auth (a local `vllm serve`) ignore it; the client wants one
     key = os.environ.get(env_name)
     if not key:
-        raise ValueError(
+        raise UserError(
             f"openai: the API key variable {env_name} (sampler.engine.api_key_env) is not set: export {env_name}=..."
         )
     return key
@@ -171,27 +172,30 @@ class OpenAISampler:
             served = list(quick.models.list())
         except openai.APIStatusError as err:
             if err.status_code in (401, 403):
-                raise ValueError(
+                raise UserError(
                     f"openai: {self.base_url} refused the API key (HTTP {err.status_code}): "
                     f"check the key in ${api_key_env or '<none: set sampler.engine.api_key_env>'}"
                 ) from None
             if err.status_code == 404:
-                raise ValueError(
-                    f"openai: {self.base_url}/models answered HTTP 404: fix the recipe's sources[..].engine.base_url "
-                    "(an OpenAI-compatible base URL usually ends in /v1)"
+                raise UserError(
+                    f"openai: {self.base_url}/models answered HTTP 404: fix base_url in the recipe's sampler.engine "
+                    "or sources[..].engine (an OpenAI-compatible base URL usually ends in /v1)"
                 ) from None
-            raise ValueError(
-                f"openai: cannot reach {self.base_url} ({_reason(err)}): start the server or fix the recipe's "
-                "sources[..].engine.base_url"
+            raise UserError(
+                f"openai: cannot reach {self.base_url} ({_reason(err)}): start the server or fix base_url in the "
+                "recipe's sampler.engine or sources[..].engine"
             ) from None
         except openai.APIError as err:
-            raise ValueError(
-                f"openai: cannot reach {self.base_url} ({_reason(err)}): start the server or fix the recipe's "
-                "sources[..].engine.base_url"
+            raise UserError(
+                f"openai: cannot reach {self.base_url} ({_reason(err)}): start the server or fix base_url in the "
+                "recipe's sampler.engine or sources[..].engine"
             ) from None
         ids = [m.id for m in served]
         if self.model not in ids:
-            raise ValueError(f"openai: {self.base_url} does not serve model {self.model!r}; it serves {sorted(ids)}")
+            raise UserError(
+                f"openai: {self.base_url} does not serve model {self.model!r}; it serves {sorted(ids)}: set the "
+                "source's model to the served name, or serve it (vllm serve --served-model-name)"
+            )
         card = served[ids.index(self.model)]
         served_len = getattr(card, "max_model_len", None)  # a vLLM extension of the model card
         return served_len if isinstance(served_len, int) and served_len > 0 else None
@@ -199,14 +203,21 @@ class OpenAISampler:
     def _load_tokenizer(self, name: str, max_model_len: int | None) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as e:  # a wrong path or Hub id: transformers says which in its message
+            reason = " ".join(str(e).split())[:300]
+            raise RecipeError(
+                f"sampler.engine.tokenizer: cannot load {name!r} ({reason}); give the served model's tokenizer "
+                "as a local folder or Hub id"
+            ) from None
         if max_model_len is None:
             try:
                 max_model_len = getattr(AutoConfig.from_pretrained(name), "max_position_embeddings", None)
             except (OSError, ValueError):  # a tokenizer-only folder: no model config
                 max_model_len = None
         if not max_model_len:
-            raise ValueError(
+            raise RecipeError(
                 "openai: give sampler.engine.max_model_len (the served model's context length): "
                 f"the server and {name!r} do not tell it, and the tokenizer's length check needs it"
             )

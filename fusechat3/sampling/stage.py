@@ -1,5 +1,5 @@
-"""The `prompts` and `sample` stages: build the prompt set, then sample N responses per
-prompt from each source, shard by shard, so that a killed run loses one shard at most.
+"""The `sample` stage: sample N responses per prompt from each source, shard by shard, so
+that a killed run loses one shard at most.
 
 `sample` writes `runs/<name>/sample/<source>/shard-NNNNN.parquet`: shard k holds the
 samples of prompts [k*shard_size, (k+1)*shard_size) of that source's prompts. The stage
@@ -17,46 +17,21 @@ recorded with their prompt_id and reason in the shard's record and in the summar
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fusechat3.recipe import SourceSpec, as_dict, resolve_model
+from fusechat3.errors import RowError
+from fusechat3.recipe import SourceSpec, resolve_model
 from fusechat3.run import Run, log, print_summary
-from fusechat3.schema import RowError, check_prompt, make_sample
+from fusechat3.schema import check_prompt, make_sample
+from fusechat3.stages import StageDef
 
 if TYPE_CHECKING:
     from fusechat3.sampling.base import Sampler
-
-
-def run_prompts(run: Run) -> None:
-    """Every spec's builder, then the shared steps (math/code removal, decontamination, dedup, limit
-    and fraction: data_builders._steps); kept rows and skips by reason, per spec and per domain, go to
-    the stage's summary and `runs/<name>/prompts/summary.json`."""
-    from data_builders import collect
-    from data_builders._steps import prepare, report_lines
-    from fusechat3.store import atomic_write
-
-    recipe = run.recipe
-    stage = run.stage("prompts")
-    if stage.done():
-        log("prompts: done already")
-        return
-    t0 = time.time()
-    built = collect(recipe.prompts, f"{recipe.path}: prompts")
-    benchmark, ngram = None, 13
-    if recipe.decontamination is not None:
-        found = collect(recipe.decontamination.prompts, f"{recipe.path}: decontamination.prompts")
-        benchmark, ngram = [row for b in found for row in b.rows], recipe.decontamination.ngram
-    rows, summary = prepare(recipe.prompts, built, seed=recipe.seed, benchmark=benchmark, ngram=ngram)
-    stage.write_shard("prompts", rows)
-    summary["seconds"] = round(time.time() - t0, 1)
-    stage.finish(summary)
-    text = json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False).encode()
-    atomic_write(stage.dir / "summary.json", lambda f: f.write(text))
-    print_summary("prompts", report_lines(summary), time.time() - t0)
 
 
 def shard_ranges(n_rows: int, shard_size: int) -> list[tuple[int, int]]:
@@ -71,7 +46,7 @@ def run_sample(run: Run, source: str | None = None, shard: tuple[int, int] | Non
     """Sample every source (or one), every shard (or those with index % n == i)."""
     recipe = run.recipe
     specs = [recipe.source(source)] if source else list(recipe.sources)  # an unknown name: one line
-    prompts = run.read("prompts")
+    prompts = run.read(SAMPLE.reads[0])
     for spec in specs:
         _sample_source(run, spec, prompts, shard)
     write_summary(run)
@@ -79,7 +54,7 @@ def run_sample(run: Run, source: str | None = None, shard: tuple[int, int] | Non
 
 def _check_prompts(run: Run, rows: list[dict]) -> None:
     """A broken prompts stage (hand-edited, from another version) is one line, before any model loads."""
-    where = f"{run.dir.root / 'prompts'}"
+    where = f"{run.dir.root / SAMPLE.reads[0]}"
     for i, row in enumerate(rows):
         try:
             check_prompt(row, where=f"{where}: row {i}, prompt")
@@ -95,7 +70,7 @@ def _sample_source(run: Run, spec: SourceSpec, prompts: list[dict], shard: tuple
 
     recipe = run.recipe
     name = spec.name
-    stage = run.stage(f"sample/{name}")
+    stage = run.stage(f"{SAMPLE.name}/{name}")
     if stage.done():
         log(f"sample/{name}: done already")
         return
@@ -109,7 +84,6 @@ def _sample_source(run: Run, spec: SourceSpec, prompts: list[dict], shard: tuple
     if todo:
         _check_prompts(run, [p for _, lo, hi in todo for p in wanted[lo:hi]])
         key = sampling_key(recipe, spec)
-        base = {k: v for k, v in as_dict(spec.sampling).items() if k != "n_per_domain"}
         backend, engine = recipe.sampler_for(spec)
         total = sum(hi - lo for _, lo, hi in todo)
         log(f"sample/{name}: {len(todo)} of {len(ranges)} shards to do ({total} of {len(wanted)} prompts), {backend}")
@@ -120,7 +94,7 @@ def _sample_source(run: Run, spec: SourceSpec, prompts: list[dict], shard: tuple
         try:
             for k, lo, hi in todo:
                 t_shard = time.time()
-                rows, skipped = _sample_shard(sampler, spec, wanted[lo:hi], base, key, bar.update)
+                rows, skipped = _sample_shard(sampler, spec, wanted[lo:hi], key, bar.update)
                 shard_tokens = sum(r["num_tokens"] for r in rows)
                 info = {
                     "prompts": hi - lo,
@@ -153,10 +127,10 @@ def _sample_source(run: Run, spec: SourceSpec, prompts: list[dict], shard: tuple
 
 
 def _sample_shard(
-    sampler: Sampler, spec: SourceSpec, chunk: list[dict], base: dict, key: str, progress: Callable[[int], None]
+    sampler: Sampler, spec: SourceSpec, chunk: list[dict], key: str, progress: Callable[[int], None]
 ) -> tuple[list[dict], dict[str, str]]:
     """One shard's Sample rows, and {prompt_id: reason} for the prompts the backend skipped."""
-    from fusechat3.sampling.base import GenParams, derive_seed
+    from fusechat3.sampling.base import derive_seed
 
     rows: list[dict] = []
     skipped: dict[str, str] = {}
@@ -165,7 +139,7 @@ def _sample_shard(
         group = [p for p in chunk if spec.sampling.n_for(p["domain"]) == n]
         outs = sampler.generate(
             [p["messages"] for p in group],
-            GenParams(**{**base, "n": n}),
+            spec.sampling.with_n(n),
             seeds=[derive_seed(spec.sampling.seed, p["prompt_id"]) for p in group],
             progress=progress,
         )
@@ -224,11 +198,52 @@ def write_summary(run: Run) -> dict:
     out: dict[str, dict] = {}
     with run.dir._locked():
         for spec in run.recipe.sources:
-            name = f"sample/{spec.name}"
+            name = f"{SAMPLE.name}/{spec.name}"
             summary = run.dir.finished_summary(name, run.key(name))
             out[spec.name] = {"finished": False} if summary is None else summary
-        path = run.dir.root / "sample" / "summary.json"
+        path = run.output(SAMPLE.name, "summary")
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(out, indent=2, sort_keys=True).encode()
         atomic_write(path, lambda f: f.write(text))
     return out
+
+
+def _settings(run: Run, part: str | None) -> dict:
+    from fusechat3.sampling.base import sampling_key
+
+    src = run.recipe.source(part)
+    return {
+        "sampling_key": sampling_key(run.recipe, src),
+        "domains": src.domains,
+        "shard_size": run.recipe.sampler.shard_size,
+    }
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """`--shard I/N` -> (I, N)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must look like I/N (e.g. 3/16), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text}: need 0 <= I < N")
+    return i, n
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", help="sample only this source")
+    parser.add_argument(
+        "--shard", type=_shard, metavar="I/N", help="do only shards k with k %% N == I (split one source over N jobs)"
+    )
+
+
+SAMPLE = StageDef(
+    name="sample",
+    help="sample N responses per prompt from each source (vLLM by default)",
+    run=run_sample,
+    reads=("prompts",),
+    settings=_settings,
+    parts=lambda recipe: [s.name for s in recipe.sources],
+    outputs={"rows": "shard-*.parquet", "summary": "summary.json"},  # rows per part; summary of all
+    arguments=_arguments,
+)

@@ -12,11 +12,7 @@ run samples exactly what an uninterrupted one would have.
 
 from __future__ import annotations
 
-import dataclasses
-import gc
-import inspect
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -30,41 +26,17 @@ from fusechat3.sampling.base import (
     repeat_greedy,
     samples_per_request,
 )
+from fusechat3.vllm_engine import CPU_DEFAULTS, close_llm, open_llm
 
 logger = logging.getLogger(__name__)
 
 _FINISH = {"stop": "stop", "length": "length"}  # anything else ("abort", None) is an error
 
 
-def _cpu_defaults(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """On a machine without CUDA, the settings vLLM's CPU build works with; on GPU, vLLM's own."""
-    import torch
-
-    # vLLM's INFO lines (full engine config, per engine) drown the stage output; its
-    # progress bar stays. VLLM_LOGGING_LEVEL=INFO brings them back.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-
-    if torch.cuda.is_available():
-        return engine_kwargs
-    # Read by vLLM at import / engine start, so they must be set before `import vllm`.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: close() frees it
-    # No chunked prefill: vLLM rewinds a seeded request's generator when it samples for a
-    # partly prefilled prompt, and CPU generators cannot rewind ("CPU Generator does not
-    # use offset"); every request here carries a seed.
-    return {"dtype": "float32", "enforce_eager": True, "enable_chunked_prefill": False, **engine_kwargs}
-
-
-def _check_engine_kwargs(engine_kwargs: dict[str, Any]) -> None:
-    """An unknown `sampler.engine` key is one line, not a TypeError deep inside vLLM."""
-    from vllm import LLM
-    from vllm.engine.arg_utils import EngineArgs
-
-    allowed = set(inspect.signature(LLM.__init__).parameters) | {f.name for f in dataclasses.fields(EngineArgs)}
-    allowed -= {"self", "kwargs", "model"}
-    unknown = sorted(set(engine_kwargs) - allowed)
-    if unknown:
-        raise ValueError(f"sampler.engine: unknown vLLM option(s) {unknown}; use vllm.LLM / EngineArgs argument names")
+# No chunked prefill: vLLM rewinds a seeded request's generator when it samples for a
+# partly prefilled prompt, and CPU generators cannot rewind ("CPU Generator does not
+# use offset"); every request here carries a seed.
+_CPU_DEFAULTS = {**CPU_DEFAULTS, "enable_chunked_prefill": False}
 
 
 def _sampling_params(params: GenParams, seed: int) -> Any:
@@ -117,12 +89,10 @@ class VllmSampler:
         self.model = model
         self.chat_template = chat_template
         self.stats: Counter = Counter()
-        self.engine_kwargs = _cpu_defaults(dict(engine_kwargs))
-        _check_engine_kwargs(self.engine_kwargs)
-        self.seed: int = self.engine_kwargs.pop("seed", 0)
-        from vllm import LLM
-
-        self.llm: Any = LLM(model=self.model, seed=self.seed, **self.engine_kwargs)
+        self.seed: int = engine_kwargs.pop("seed", 0)
+        self.llm: Any = open_llm(
+            model, cpu_defaults=_CPU_DEFAULTS, where="sampler.engine", seed=self.seed, **engine_kwargs
+        )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
 
@@ -159,14 +129,5 @@ class VllmSampler:
 
     def close(self) -> None:
         """Free the engine so that another one can be created in this process."""
-        if self.llm is None:
-            return
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-        self.llm.llm_engine.engine_core.shutdown()
-        self.llm = None
         self.tokenizer = None
-        gc.collect()
-        # Tears down the (single-rank) distributed state the engine set up, so the next
-        # engine can initialise it again.
-        cleanup_dist_env_and_memory()
+        close_llm(self)

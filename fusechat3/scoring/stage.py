@@ -16,10 +16,11 @@ import math
 import time
 from collections import Counter, defaultdict
 
-from fusechat3.recipe import resolve_model
+from fusechat3.recipe import as_dict, resolve_model
 from fusechat3.run import Run, log
 from fusechat3.schema import assistant, make_score, sample_key
 from fusechat3.scoring.verify import verify_many
+from fusechat3.stages import StageDef
 from fusechat3.store import atomic_write
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -29,13 +30,13 @@ def run_score(run: Run) -> None:
     from tqdm.auto import tqdm
 
     recipe = run.recipe
-    stage = run.stage("score")
+    stage = run.stage(SCORE.name)
     if stage.done():
         log("score: done already")
         return
     t0 = time.time()
     prompts = {p["prompt_id"]: p for p in run.read("prompts")}
-    samples = sorted((s for src in recipe.sources for s in run.read(f"sample/{src.name}")), key=sample_key)
+    samples = sorted((s for part in run.parts("sample") for s in run.read(part)), key=sample_key)
     size = recipe.scoring.shard_size
     todo = [k for k in range(0, len(samples), size) if not stage.has_shard(f"shard-{k // size:05d}")]
     rm = None
@@ -70,7 +71,7 @@ def run_score(run: Run) -> None:
     summary["all"]["seconds"] = round(secs, 1)
     stage.finish(summary)
     text = json.dumps(summary, indent=2, sort_keys=True).encode()
-    atomic_write(stage.dir / "summary.json", lambda f: f.write(text))
+    atomic_write(run.output(SCORE.name, "summary"), lambda f: f.write(text))
     _print(summary, secs)
 
 
@@ -195,3 +196,20 @@ def _print(summary: dict, secs: float) -> None:
     for what, get in lines:
         table.add_row(what, *(cell(get(summary[n])) for n in names))
     Console().print(table)
+
+
+def _check(run: Run) -> None:
+    from fusechat3.scoring.reward import check_backend
+
+    check_backend(run.recipe.scoring.reward_model.backend)
+
+
+SCORE = StageDef(
+    name="score",
+    help="score every response: reward model + math/code verification",
+    run=run_score,
+    reads=("prompts", "sample"),
+    settings=lambda run, part: as_dict(run.recipe.scoring),
+    outputs={"rows": "shard-*.parquet", "summary": "summary.json"},
+    check=_check,
+)

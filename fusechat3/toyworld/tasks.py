@@ -17,6 +17,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from fusechat3.errors import UserError
+
 NAMES = ["Ann", "Bob", "Cara", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivy", "Jon"]
 ITEMS = ["apples", "pears", "books", "coins", "stones", "cards", "shells", "pens", "cups", "keys"]
 WORDS = (
@@ -246,7 +248,9 @@ def generate(
     while len(out) < n:
         tries += 1
         if tries > 50 * n + 1000:
-            raise ValueError(f"toy world: cannot make {n} distinct {domain} tasks from families {fams}")
+            raise UserError(
+                f"toy world: cannot make {n} distinct {domain} tasks from families {fams}; ask for fewer (per_domain)"
+            )
         t = make_task(domain, rng.choice(fams), rng)
         if t.prompt in exclude or (unique and t.prompt in seen):
             continue
@@ -270,9 +274,11 @@ def split_tasks(domain: str, n: int, split: str, seed: int = 0, families=None) -
     or 'pretrain' (the models' own training data, repeats allowed)."""
     if split == "eval":
         if n > EVAL_N:
-            raise ValueError(f"toy world: at most {EVAL_N} evaluation tasks per domain, asked for {n}")
+            raise UserError(
+                f"toy world: at most {EVAL_N} evaluation tasks per domain, asked for {n}; lower per_domain to {EVAL_N}"
+            )
         return eval_tasks(domain, n, seed)
     if split not in SPLIT_SEEDS:
-        raise ValueError(f"toy world: unknown split {split!r}; use one of {sorted(SPLIT_SEEDS)}")
+        raise UserError(f"toy world: unknown split {split!r}; use one of {sorted(SPLIT_SEEDS)}")
     exclude = eval_prompts(EVAL_N, seed)
     return generate(domain, n, SPLIT_SEEDS[split] + seed, families=families, exclude=exclude, unique=split == "fusion")

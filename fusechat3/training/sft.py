@@ -5,8 +5,8 @@ prompt-completion form (prompt = every message but the last, completion = the la
 masks the prompt and the loss falls on the response only with any chat template, also
 templates without `{% generation %}` markers such as Llama-3.1's.
 
-LoRA (`peft:`), resuming (`sft.resume_from_checkpoint`) and the paper's checkpoint choice
-(`select_checkpoint:`, by eval loss on `eval_files`) are described in `common`.
+LoRA (`peft:`, see `lora`), resuming (`sft.resume_from_checkpoint`) and the paper's checkpoint
+choice (`select_checkpoint:`, by eval loss on `eval_files`, see `checkpoints`) work for every method.
 
 On a cluster:
 
@@ -20,21 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from fusechat3.training.common import (
-    Method,
-    TrainingOptions,
-    build_trl_config,
-    check_trl_args,
-    clean_messages,
-    convert_rows,
-    load_tokenizer,
-    main_for,
-    message_problem,
-    report_trl_drops,
-    train_and_save,
-    train_from_files,
-    training_options,
-)
+from fusechat3.training.data import clean_messages, convert_rows, load_tokenizer, message_problem, report_trl_drops
+from fusechat3.training.launch import Method, TrainingOptions, main_for, train_from_files
 
 SFT_COLUMNS = ("messages",)  # the TRL column of an SFT row; the analysis columns are not read
 _TRL_COLUMNS = ("prompt", "completion")
@@ -42,12 +29,7 @@ _TRL_COLUMNS = ("prompt", "completion")
 SFT_METRICS = ("eval_loss", "eval_mean_token_accuracy")
 
 
-def sft_config(args: dict, output_dir: str) -> Any:
-    """A `trl.SFTConfig` from the recipe's `sft:` fields; a RecipeError naming a bad key and the closest valid one."""
-    from trl import SFTConfig
-
-    check_trl_args(args, SFTConfig, "sft")
-    return build_trl_config(SFTConfig, args, output_dir, "sft")
+# --------------------------------------------------------------------------- rows
 
 
 def conversation_problem(messages: Any) -> str:
@@ -69,6 +51,9 @@ def sft_row(row: dict) -> dict:
         return {"prompt": [], "completion": [], "skip": reason}
     messages = clean_messages(row["messages"])
     return {"prompt": messages[:-1], "completion": messages[-1:], "skip": ""}
+
+
+# --------------------------------------------------------------------------- the trainer
 
 
 def build_sft_trainer(
@@ -95,29 +80,41 @@ def build_sft_trainer(
     return trainer
 
 
-def run_sft(
-    model: str,
-    train_dataset: Any,
-    config: Any,
-    eval_dataset: Any | None = None,
-    *,
-    peft: dict | None = None,
-    select_checkpoint: dict | None = None,
-) -> str:
-    """Train with a built `SFTConfig` on loaded datasets and save the model + tokenizer to `config.output_dir`.
+def _config_cls() -> type:
+    from trl import SFTConfig
 
-    `peft`: the config's `peft:` mapping (LoRA); `select_checkpoint`: its `select_checkpoint:` mapping.
+    return SFTConfig
+
+
+# --------------------------------------------------------------------------- the method
+
+SFT = Method(
+    section="sft",
+    label="SFT",
+    columns=SFT_COLUMNS,
+    config_cls=_config_cls,
+    metrics=SFT_METRICS,
+    build_trainer=build_sft_trainer,
+    description="SFT of a target model with TRL (FuseChat-3.0).",
+)
+
+
+def sft_config(args: dict, output_dir: str) -> Any:
+    """A `trl.SFTConfig` from the `sft:` fields; a RecipeError naming a bad key and the closest valid one."""
+    return SFT.make_config(args, output_dir)
+
+
+def sft_options(config: Any, peft: dict | None, select_checkpoint: Any, has_eval: bool) -> TrainingOptions:
+    """The checked LoRA and checkpoint-choice options of an SFT run."""
+    return SFT.options(config, peft, select_checkpoint, has_eval)
+
+
+def run_sft(model: str, train_dataset: Any, config: Any, eval_dataset: Any | None = None, **options: Any) -> str:
+    """Train with a built `SFTConfig` on loaded datasets; save the model + tokenizer to `config.output_dir`.
+
+    `options`: `peft` (the `peft:` mapping, LoRA) and `select_checkpoint` (the checkpoint choice).
     """
-    options = sft_options(config, peft, select_checkpoint, has_eval=eval_dataset is not None)
-    trainer = build_sft_trainer(model, train_dataset, config, eval_dataset, peft_config=options.peft_config)
-    return train_and_save(trainer, options)
-
-
-def sft_options(config: Any, peft: dict | None, select_checkpoint: dict | None, has_eval: bool) -> TrainingOptions:
-    """The checked LoRA and checkpoint-choice options of an SFT run (`common.TrainingOptions`)."""
-    return training_options(
-        config, peft=peft, select_checkpoint=select_checkpoint, has_eval=has_eval, where="sft", metrics=SFT_METRICS
-    )
+    return SFT.run(model, train_dataset, config, eval_dataset, **options)
 
 
 def train_sft(
@@ -128,28 +125,16 @@ def train_sft(
     *,
     eval_files: list[str] | None = None,
     peft: dict | None = None,
-    select_checkpoint: dict | None = None,
+    select_checkpoint: Any = None,
 ) -> str:
     """SFT `model` on parquet SFT rows with TRL `SFTConfig` fields `args`; returns `output_dir`, where it is saved.
 
     `peft`: peft.LoraConfig fields (+ `merge`) for LoRA; `select_checkpoint`: `{metric, last}` to keep the
-    best of the last checkpoints on `eval_files` (see `common`).
+    best of the last checkpoints on `eval_files`.
     """
     return train_from_files(
         SFT, model, train_files, output_dir, args, eval_files=eval_files, peft=peft, select_checkpoint=select_checkpoint
     )
-
-
-def _config_cls() -> type:
-    from trl import SFTConfig
-
-    return SFTConfig
-
-
-SFT = Method(
-    "sft", "SFT", SFT_COLUMNS, _config_cls, sft_config, sft_options, run_sft,
-    "SFT of a target model with TRL (FuseChat-3.0).",
-)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

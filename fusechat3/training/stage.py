@@ -1,45 +1,89 @@
-"""The `sft`, `dpo` and `controls` stages of a run: train the target on the built sets
-with TRL, in this process. (On a cluster, the same trainers run under `accelerate
-launch -m fusechat3.training.sft|dpo --config ...`.)
+"""The training stages of a run: `sft`, `dpo`, `wrpo` and `controls`. Each trains the target with
+TRL in this process, with everything a training config file can say (TRL fields, `peft:` LoRA,
+`select_checkpoint:`, `eval_files:`, `ref_model:`). On a cluster the same trainers run under
+`accelerate launch -m fusechat3.training.sft|dpo|wrpo --config ...`.
 
-- sft: the target on `build/sft.parquet` -> `sft/model`
-- dpo: `sft/model` on `build/dpo.parquet` (the recipe's `dpo:` section, e.g. the
-  length-normalized `loss_type: [sigmoid_norm]`) -> `dpo/model`
-- controls: for each control source, the target with the same SFT settings and the same
-  number of optimizer steps as the fused SFT, on that one source's SFT rows ->
-  `controls/<source>/model`. Fusion has to beat these, not only the untrained target.
+- sft: the target on the build's SFT set -> `sft/model`
+- dpo: the SFT model on the build's DPO set (e.g. the length-normalized `loss_type: [sigmoid_norm]`)
+  -> `dpo/model`
+- wrpo: the SFT model on the build's WRPO triplets (recipes with `wrpo:` and a `role: target` source)
+  -> `wrpo/model`
+- controls: for each control source, the target with the same SFT settings and the same number of
+  optimizer steps as the fused SFT, on that one source's SFT rows -> `controls/<source>/model`.
+  Fusion has to beat these, not only the untrained target.
+
+Evaluation data: a stage's `eval_files`, else the build's held-out rows of its set where the build
+wrote them (`building.heldout_fraction` > 0).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
-from fusechat3.building.stage import control_sources, training_file
-from fusechat3.recipe import resolve_model
+from fusechat3.building.stage import control_sources
+from fusechat3.errors import StoreError, UserError
+from fusechat3.recipe import as_dict, resolve_model
 from fusechat3.run import Run, log, print_summary
+from fusechat3.stages import StageDef, require_enabled
+from fusechat3.training.config import TrainSection
 
 
-def _train(run: Run, name: str, kind: str, model: str, files: list[str], args: dict) -> Path:
+def _method(name: str) -> Any:
+    """The training method (`launch.Method`) of module fusechat3.training.<name>: SFT, DPO or WRPO."""
+    return getattr(importlib.import_module(f"fusechat3.training.{name}"), name.upper())
+
+
+def _trl_args(run: Run, section: TrainSection) -> dict:
+    return {"seed": run.recipe.seed, **section.trl}
+
+
+def _eval_files(run: Run, section: TrainSection, data: str) -> list[str] | None:
+    if section.eval_files is not None:
+        return list(section.eval_files)
+    held = run.output("build", "heldout", set=data)
+    return [str(held)] if held.is_file() else None
+
+
+def _train(
+    run: Run,
+    stage_name: str,
+    method: str,
+    model: str,
+    files: list[str],
+    section: TrainSection,
+    *,
+    data: str,
+    args: dict | None = None,
+    part: str | None = None,
+) -> None:
+    name = f"{stage_name}/{part}" if part else stage_name
     stage = run.stage(name)
-    out = stage.dir / "model"
+    out = run.output(stage_name, "model", part)
     if stage.done():
         log(f"{name}: done already")
-        return out
+        return
     t0 = time.time()
     if out.exists():  # a run killed mid-training: its partial output is not trusted
         shutil.rmtree(out)
-    args = {"seed": run.recipe.seed, **args}
-    if kind == "sft":
-        from fusechat3.training.sft import train_sft
+    options: dict[str, Any] = {"peft": section.peft, "select_checkpoint": section.select_checkpoint}
+    if method != "sft":
+        options["ref_model"] = section.ref_model
+    from fusechat3.training.launch import train_from_files
 
-        train_sft(model, files, str(out), args)
-    else:
-        from fusechat3.training.dpo import train_dpo
-
-        train_dpo(model, files, str(out), args)
+    train_from_files(
+        _method(method),
+        model,
+        files,
+        str(out),
+        args if args is not None else _trl_args(run, section),
+        eval_files=_eval_files(run, section, data),
+        **options,
+    )
     state = _trainer_state(out)
     secs = time.time() - t0
     summary = {
@@ -51,7 +95,6 @@ def _train(run: Run, name: str, kind: str, model: str, files: list[str], args: d
     }
     stage.finish(summary)
     print_summary(name, [(k, v) for k, v in summary.items() if k != "seconds"], secs)
-    return out
 
 
 def _rows(files: list[str]) -> int:
@@ -70,45 +113,64 @@ def _last_loss(state: dict) -> float | None:
     return round(losses[-1], 4) if losses else None
 
 
-def model_dir(run: Run, stage: str) -> str:
-    path = run.dir.root / stage / "model"
+def model_dir(run: Run, stage: str, part: str | None = None) -> str:
+    """The trained model of stage `stage`; one line saying which command makes it if it is not there."""
+    path = run.output(stage, "model", part)
     if not (path / "config.json").is_file():
-        raise ValueError(f"{path} has no trained model: run `fusechat3 {stage.split('/')[0]} {run.recipe.path}` first")
+        raise StoreError(f"{path} has no trained model: run `{run.how(stage)}` first")
     return str(path)
 
 
+def _data(run: Run, name: str, **fields: str) -> list[str]:
+    return [str(run.existing("build", name, **fields))]
+
+
+# --------------------------------------------------------------------------- the stages
+
+
 def run_sft(run: Run) -> None:
-    _train(run, "sft", "sft", resolve_model(run.recipe.target.model), [training_file(run, "sft")], run.recipe.sft)
+    r = run.recipe
+    _train(run, SFT.name, "sft", resolve_model(r.target.model), _data(run, "sft"), r.sft, data="sft")
 
 
 def run_dpo(run: Run) -> None:
-    _train(run, "dpo", "dpo", model_dir(run, "sft"), [training_file(run, "dpo")], run.recipe.dpo)
+    _train(run, DPO.name, "dpo", model_dir(run, SFT.name), _data(run, "dpo"), run.recipe.dpo, data="dpo")
+
+
+def run_wrpo(run: Run) -> None:
+    require_enabled(run, WRPO)
+    _train(run, WRPO.name, "wrpo", model_dir(run, SFT.name), _data(run, "wrpo"), run.recipe.wrpo, data="wrpo")
 
 
 def run_controls(run: Run) -> None:
-    names = control_sources(run)
+    names = control_sources(run.recipe)
     if not names:
         log("controls: off in this recipe (controls.enabled: false)")
         return
     # Same budget as the fused SFT: its number of optimizer steps, whatever the row count.
-    steps = _trainer_state(Path(model_dir(run, "sft"))).get("global_step")
+    steps = _trainer_state(Path(model_dir(run, SFT.name))).get("global_step")
     if not steps:
-        raise ValueError(
-            f"{run.dir.root}/sft/model has no trainer_state.json: re-run `fusechat3 sft {run.recipe.path}`"
-        )
-    args = {k: v for k, v in run.recipe.sft.items() if k != "num_train_epochs"}
+        raise StoreError(f"{run.output(SFT.name, 'model')} has no trainer_state.json: re-run `{run.how(SFT.name)}`")
+    args = {k: v for k, v in _trl_args(run, run.recipe.sft).items() if k != "num_train_epochs"}
     args["max_steps"] = int(steps)
-    jobs = [(f"controls/{name}", [training_file(run, f"control-{name}")]) for name in names]
-    for stage_name, _ in jobs:
-        if run.stage(stage_name).done():
-            log(f"{stage_name}: done already")
-    jobs = [job for job in jobs if not run.stage(job[0]).done()]
+    jobs = [(name, _data(run, "control", source=name)) for name in names]
+    for name, _ in jobs:
+        if run.stage(f"{CONTROLS.name}/{name}").done():
+            log(f"{CONTROLS.name}/{name}: done already")
+    jobs = [job for job in jobs if not run.stage(f"{CONTROLS.name}/{job[0]}").done()]
     parallel = min(run.recipe.controls.parallel, len(jobs))
     if parallel <= 1:
-        for stage_name, files in jobs:
-            _train(run, stage_name, "sft", resolve_model(run.recipe.target.model), files, args)
+        for name, files in jobs:
+            _train_control(run, name, files, args)
         return
     _train_in_processes(run, jobs, args, parallel)
+
+
+def _train_control(run: Run, source: str, files: list[str], args: dict) -> None:
+    # The fused SFT's settings, LoRA included; no checkpoint choice (a control has no held-out set of its own).
+    section = run.recipe.sft.model_copy(update={"select_checkpoint": None, "eval_files": None})
+    model = resolve_model(run.recipe.target.model)
+    _train(run, CONTROLS.name, "sft", model, files, section, data="control", args=args, part=source)
 
 
 def _train_in_processes(run: Run, jobs: list[tuple[str, list[str]]], args: dict, parallel: int) -> None:
@@ -121,15 +183,94 @@ def _train_in_processes(run: Run, jobs: list[tuple[str, list[str]]], args: dict,
     threads = max(1, (os.cpu_count() or 1) // parallel)
     quiet = {**args, "disable_tqdm": True}  # several progress bars at once would garble the terminal
     log(f"controls: {len(jobs)} trainings, {parallel} at a time, {threads} CPU thread(s) each")
-    model = resolve_model(run.recipe.target.model)
     with ProcessPoolExecutor(parallel, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_child, run, name, model, files, quiet, threads) for name, files in jobs]
+        futures = [pool.submit(_train_child, run, name, files, quiet, threads) for name, files in jobs]
         for future in futures:
             future.result()  # a failed control raises here, after the others have finished or failed
 
 
-def _train_child(run: Run, name: str, model: str, files: list[str], args: dict, threads: int) -> None:
+def _train_child(run: Run, source: str, files: list[str], args: dict, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _train(run, name, "sft", model, files, args)
+    _train_control(run, source, files, args)
+
+
+# --------------------------------------------------------------------------- checks and declarations
+
+
+def _checker(stage_name: str, method: str, section_of: Any) -> Any:
+    """A check of a training stage's settings with TRL's own config class, before the run starts anything."""
+
+    def check(run: Run) -> None:
+        section = section_of(run.recipe)
+        m = _method(method)
+        has_eval = section.eval_files is not None or run.recipe.building.heldout_fraction > 0
+        try:
+            config = m.make_config(_trl_args(run, section), str(run.output(stage_name, "model")))
+            m.options(config, section.peft, section.select_checkpoint, has_eval)
+        except UserError as e:
+            raise type(e)(f"{run.recipe.path or 'recipe'}: {e}") from None
+
+    return check
+
+
+def _settings(section_of: Any) -> Any:
+    return lambda run, part: {"section": as_dict(section_of(run.recipe)), "seed": run.recipe.seed}
+
+
+_TRAINING_OUTPUTS = {"model": "model"}
+
+SFT = StageDef(
+    name="sft",
+    help="SFT of the target on the SFT set (TRL); or train from a training config (model: + sft:)",
+    run=run_sft,
+    reads=("build",),
+    settings=lambda run, part: {**_settings(lambda r: r.sft)(run, part), "target": run.recipe.target.model},
+    outputs=_TRAINING_OUTPUTS,
+    models=lambda recipe: {"target_sft": None},
+    check=_checker("sft", "sft", lambda r: r.sft),
+    config_entry="fusechat3.training.sft",
+    config_example="recipes/fusechat3/llama-3.1-8b/sft.yaml",
+)
+
+DPO = StageDef(
+    name="dpo",
+    help="DPO of the SFT model on the DPO set (TRL; e.g. length-normalized); or from a config (model: + dpo:)",
+    run=run_dpo,
+    reads=("build", "sft"),
+    settings=_settings(lambda r: r.dpo),
+    outputs=_TRAINING_OUTPUTS,
+    models=lambda recipe: {"target_dpo": None},
+    check=_checker("dpo", "dpo", lambda r: r.dpo),
+    config_entry="fusechat3.training.dpo",
+    config_example="recipes/fusechat3/llama-3.1-8b/dpo.yaml",
+)
+
+WRPO = StageDef(
+    name="wrpo",
+    help="WRPO of the SFT model on the WRPO triplets (TRL); or from a config (model: + wrpo:)",
+    run=run_wrpo,
+    reads=("build", "sft"),
+    settings=_settings(lambda r: r.wrpo),
+    outputs=_TRAINING_OUTPUTS,
+    enabled=lambda recipe: recipe.wrpo is not None,
+    disabled_reason="the recipe has no `wrpo:` section (it also needs a source with role: target)",
+    models=lambda recipe: {"target_wrpo": None},
+    check=_checker("wrpo", "wrpo", lambda r: r.wrpo),
+    config_entry="fusechat3.training.wrpo",
+    config_example="recipes/wrpo/llama-3.1-8b.yaml",
+)
+
+CONTROLS = StageDef(
+    name="controls",
+    help="single-source control runs (same SFT budget, one source's data)",
+    run=run_controls,
+    reads=("build", "sft"),
+    settings=lambda run, part: {**_settings(lambda r: r.sft)(run, part), "target": run.recipe.target.model},
+    parts=control_sources,
+    outputs=_TRAINING_OUTPUTS,
+    enabled=lambda recipe: bool(control_sources(recipe)),
+    disabled_reason="controls.enabled is false",
+    models=lambda recipe: {f"target_single_{name}": name for name in control_sources(recipe)},
+)

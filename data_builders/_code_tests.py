@@ -1,5 +1,8 @@
 """Test extraction for the paper's code sources: turn a dataset row into assert tests for the sandbox.
 
+Used by the prompt builders `data_builders.self_oss_instruct` and `data_builders.leetcode` (scoring only runs the
+tests they produce, through `fusechat3.scoring.code`).
+
 - self-oss-instruct-sc2 (`bigcode/self-oss-instruct-sc2-exec-filter-50k`): the reference `response` holds the
   solution and, in its `[Tests]` part (or inline, after the code), `assert` statements in ```python blocks.
   `asserts_from_response` returns the top-level ones (a `for` loop of asserts counts as one; asserts inside
@@ -25,7 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from fusechat3.scoring.code import _PYTHON_TAGS, code_blocks, extract_code, run_tests_many
+from fusechat3.scoring.code import PYTHON_TAGS, code_blocks, extract_code, run_tests_many
 
 # ---------------------------------------------------------------------------------------------------------------
 # self-oss-instruct: asserts in the response
@@ -85,7 +88,7 @@ def asserts_from_response(text: str) -> list[str]:
     if not isinstance(text, str):
         return []
     blocks = code_blocks(text)
-    bodies = [body for tag, body in blocks if tag in _PYTHON_TAGS | {""}] if blocks else [text]
+    bodies = [body for tag, body in blocks if tag in PYTHON_TAGS | {""}] if blocks else [text]
     tests: list[str] = []
     for block in bodies:
         try:

@@ -1,168 +1,21 @@
-"""The data report of a run: plots of what the build made and why, and one HTML page.
+"""The report's plots (matplotlib, imported inside the functions): one function per plot.
 
-`fusechat3 report <recipe>` reads the finished `prompts`, `score` and `build` stages and
-writes `runs/<name>/report/`: one PNG per plot and `index.html` (run and recipe facts, the
-composition table, the plots with a line on how to read each, the build's drop counts).
-
-The plots (one function each; `plot_all` draws them all, the Hub export embeds the same):
-
-- `rewards`: reward-model scores per source, per domain where rewards exist;
-- `sft_share`: which source won the SFT picks, per domain;
-- `lengths`: chosen vs rejected response lengths of the DPO pairs, per domain;
-- `gaps`: the best-minus-worst reward gap of every (DPO-split prompt, source), with the
-  recipe's band shaded: how many candidate pairs the band keeps and drops;
-- `pass_rates`: share of each source's responses judged correct, per checked domain.
-
-A domain or source without data is left out of a plot and named in a note under it, never
-a crash. The composition and drop tables are computed here once and rendered by the page
-and by the dataset card (`fusechat3.export`).
+Each `plot_<name>(data, path)` writes one PNG and returns the notes on what it left out (a
+domain or source without data is named under the plot, never a crash). `PLOTS` maps a plot's
+name to its function and the one line on how to read it; `render_plots` and `plot_all` draw
+them all.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import math
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fusechat3.run import Run, log
-from fusechat3.schema import DOMAINS
-from fusechat3.store import MANIFEST
-
-# The training sets of the build stage (build/<name>.parquet), in table order; WRPO is optional.
-SETS = ("sft", "dpo", "wrpo")
-OPTIONAL_SETS = ("wrpo",)
-UNKNOWN_SOURCE = "(prompt not in the prompts stage)"
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class RunData:
-    """What the report reads from a finished run, loaded once and shared by every plot and table."""
-
-    run: Run
-    prompts: dict[str, tuple[str, str]]  # prompt_id -> (domain, source_dataset)
-    scores: list[dict]  # Score rows
-    sets: dict[str, list[dict]]  # "sft", "dpo" (, "wrpo") -> rows of build/<set>.parquet
-    build: dict  # the build stage's summary: per-domain counts and drop reasons
-
-    def domain(self, prompt_id: str) -> str | None:
-        entry = self.prompts.get(prompt_id)
-        return entry[0] if entry else None
-
-    @property
-    def domains(self) -> list[str]:
-        """The run's domains: the built-in ones in their usual order, then user-defined ones."""
-        seen = {d for d, _ in self.prompts.values()}
-        return [d for d in DOMAINS if d in seen] + sorted(seen - set(DOMAINS))
-
-    @property
-    def sources(self) -> list[str]:
-        """The recipe's sources in recipe order, then any other model name found in the rows."""
-        names = [s.name for s in self.run.recipe.sources]
-        seen = {s["model"] for s in self.scores} | {r["model"] for rows in self.sets.values() for r in rows}
-        return names + sorted(seen - set(names))
-
-    def band(self, domain: str) -> tuple[float, float] | None:
-        gap = self.run.recipe.building.gap_for(domain)
-        return (float(gap[0]), float(gap[1])) if gap is not None else None
-
-
-def set_files(run: Run) -> dict[str, Path]:
-    """The build stage's training-set files by set name; WRPO only where the build wrote one."""
-    from fusechat3.building.stage import training_file
-
-    out = {}
-    for name in SETS:
-        if name in OPTIONAL_SETS and not (run.dir.root / "build" / f"{name}.parquet").is_file():
-            continue
-        out[name] = Path(training_file(run, name))
-    return out
-
-
-def build_summary(run: Run) -> dict:
-    """The finished build stage's summary; one error line if the build has not finished."""
-    how = f"fusechat3 build {run.recipe.path or '<recipe>'}"
-    path = run.dir.root / "build" / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        manifest = None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} cannot be read ({e}): run `{how}` again") from None
-    if not manifest or not manifest.get("finished"):
-        raise ValueError(f"stage 'build' has not finished in {run.dir.root}: run `{how}` first")
-    if manifest.get("key") != run.key("build"):
-        # Reported, not refused: the sets on disk are what would be trained on and published.
-        log(f"[yellow]note[/]: {run.dir.root}/build was made with other settings or code than the recipe's now")
-    return dict(manifest.get("summary") or {})
-
-
-def load(run: Run) -> RunData:
-    """Read a finished run's prompts, scores and training sets (the build must have finished)."""
-    import pyarrow.parquet as pq
-
-    summary = build_summary(run)
-    files = set_files(run)
-    prompts = {p["prompt_id"]: (p["domain"], p["source_dataset"]) for p in run.read("prompts")}
-    sets = {name: pq.read_table(path).to_pylist() for name, path in files.items()}
-    return RunData(run=run, prompts=prompts, scores=run.read("score"), sets=sets, build=summary)
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def composition(data: RunData) -> tuple[list[str], list[list]]:
-    """Rows per (domain, source dataset): prompts and rows of each training set, with a total row.
-
-    Training rows are joined to their prompt by `prompt_id`; a row whose prompt is not in the
-    prompts stage is counted under its own name, not dropped.
-    """
-    names = list(data.sets)
-    prompts: Counter = Counter(data.prompts.values())
-    rows: dict[str, Counter] = {name: Counter() for name in names}
-    for name, set_rows in data.sets.items():
-        for r in set_rows:
-            key = data.prompts.get(r["prompt_id"], (r.get("domain") or "?", UNKNOWN_SOURCE))
-            rows[name][key] += 1
-    keys = set(prompts) | {k for c in rows.values() for k in c}
-    order = {d: i for i, d in enumerate(data.domains)}
-    body = [
-        [domain, source, prompts[(domain, source)], *(rows[n][(domain, source)] for n in names)]
-        for domain, source in sorted(keys, key=lambda k: (order.get(k[0], len(order)), k[0], k[1]))
-    ]
-    total = ["total", "", sum(prompts.values()), *(sum(rows[n].values()) for n in names)]
-    header = ["domain", "source dataset", "prompts", *(n.upper() for n in names)]
-    return header, [*body, total]
-
-
-_DROP_KINDS = {
-    "drops": "prompt dropped",
-    "invalid": "response unusable",
-    "ignored": "response ignored",
-    "wrpo_drops": "WRPO prompt dropped",
-    "wrpo_invalid": "target response unusable",
-}
-
-
-def drop_table(summary: dict) -> tuple[list[str], list[list]]:
-    """The build's counted losses: prompts that gave no row and responses that could not be used, by reason."""
-    stats = summary.get("stats") or {}
-    body = []
-    for key, kind in _DROP_KINDS.items():
-        for domain, reasons in sorted((stats.get(key) or {}).items()):
-            body += [[domain, kind, reason, n] for reason, n in sorted(reasons.items()) if n]
-    for reason, n in sorted((stats.get("rows") or {}).items()):
-        if n:
-            body.append(["-", "row skipped", reason, n])
-    return ["domain", "what", "reason", "count"], body
-
+from fusechat3.report.data import RunData, dpo_gaps, finite, load
+from fusechat3.run import Run
 
 # --------------------------------------------------------------------------- figures
 
@@ -210,10 +63,6 @@ def _colors(sources: list[str]) -> dict[str, Any]:
     return {s: cmap(i % 10) for i, s in enumerate(sources)}
 
 
-def _finite(x: Any) -> bool:
-    return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
-
-
 def _words(messages: list[dict]) -> int:
     return sum(len((m.get("content") or "").split()) for m in messages if m.get("role") == "assistant")
 
@@ -227,7 +76,7 @@ def plot_rewards(data: RunData, path: Path) -> list[str]:
     by: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in data.scores:
         domain = data.domain(s["prompt_id"])
-        if domain is not None and _finite(s["reward"]):
+        if domain is not None and finite(s["reward"]):
             by[domain][s["model"]].append(float(s["reward"]))
     scored = {(data.domain(s["prompt_id"]), s["model"]) for s in data.scores}
     notes = [f"{d} (no rewards)" for d in data.domains if d not in by]
@@ -319,52 +168,6 @@ def plot_lengths(data: RunData, path: Path) -> list[str]:
         ax.legend(fontsize=8, loc="upper right")
     _save(fig, path, notes)
     return notes
-
-
-def dpo_gaps(data: RunData) -> dict[str, list[tuple[str, str, float]]]:
-    """(prompt_id, source, gap) for every DPO-split prompt and source that could make a pair, per banded domain.
-
-    The gap is the one the building rules test against the band: highest minus lowest reward
-    of the source's responses (reward rule), or highest reward of a correct response minus
-    lowest reward of an incorrect one (math, code). Responses the rules can not use (no finite
-    reward, truncated, empty) are left out, as the build leaves them out.
-    """
-    from fusechat3.building.rules import CORRECTNESS_DOMAINS, split_of
-    from fusechat3.building.stage import build_config
-
-    cfg = build_config(data.run)
-    # DPO pairs come from the fused sources only: the target's own samples (role: target) make WRPO rows.
-    own = cfg.target_source
-    banded = {d for d in data.domains if d not in cfg.sft_only_domains and data.band(d) is not None}
-    groups: dict[tuple[str, str], list[tuple[float, Any]]] = defaultdict(list)
-    for s in data.scores:
-        domain = data.domain(s["prompt_id"])
-        if (
-            domain not in banded
-            or s["model"] == own
-            or not _finite(s["reward"])
-            or s.get("truncated")
-            or s.get("empty")
-        ):
-            continue
-        groups[(s["prompt_id"], s["model"])].append((float(s["reward"]), s["correct"]))
-    out: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
-    for (pid, model), resps in sorted(groups.items()):
-        domain = data.domain(pid)
-        if split_of(pid, domain, cfg) != "dpo":
-            continue
-        if domain in CORRECTNESS_DOMAINS:
-            good = [r for r, c in resps if c is True]
-            bad = [r for r, c in resps if c is False]
-            if not good or not bad:
-                continue
-            gap = max(good) - min(bad)
-        else:
-            if len(resps) < 2:
-                continue
-            gap = max(r for r, _ in resps) - min(r for r, _ in resps)
-        out[domain].append((pid, model, gap))
-    return dict(out)
 
 
 def plot_gaps(data: RunData, path: Path) -> list[str]:
@@ -509,83 +312,3 @@ def render_plots(data: RunData, out_dir: Path) -> dict[str, tuple[Path, list[str
 def plot_all(run: Run, out_dir: Path, data: RunData | None = None) -> dict[str, Path]:
     """Draw every plot of the report into `out_dir`: plot name -> PNG path."""
     return {name: path for name, (path, _) in render_plots(data or load(run), out_dir).items()}
-
-
-# --------------------------------------------------------------------------- the page
-
-
-def _html_table(header: list[str], rows: list[list], css: str = "") -> str:
-    def cell(c: object) -> str:
-        return f'<td class="n">{c}</td>' if isinstance(c, int) else f"<td>{html.escape(str(c))}</td>"
-
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
-    body = body or f'<tr><td colspan="{len(header)}">none</td></tr>'
-    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def run_facts(data: RunData) -> list[tuple[str, str]]:
-    """The run and recipe facts the page and the card start with."""
-    r = data.run.recipe
-    b = r.building
-    bands = {d: data.band(d) for d in data.domains if d not in b.sft_only_domains}
-    return [
-        ("recipe", r.path or "(in memory)"),
-        ("run directory", str(data.run.dir.root)),
-        ("target", r.target.model),
-        ("sources", ", ".join(f"{s.name} ({s.model})" for s in r.fusion_sources)),
-        ("target's own samples (WRPO)", f"{r.target_samples.name}" if r.target_samples else "none"),
-        ("reward model", r.scoring.reward_model.model),
-        ("SFT fraction per domain", ", ".join(f"{d}: {f:g}" for d, f in b.sft_fraction.items())),
-        ("reward-gap band", ", ".join(f"{d}: {list(v) if v else 'none'}" for d, v in bands.items())),
-        ("SFT-only domains", f"{', '.join(b.sft_only_domains) or 'none'} (source: {b.zh_source or 'none'})"),
-        ("rows", ", ".join(f"{n.upper()} {len(rows)}" for n, rows in data.sets.items())),
-    ]
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
-td.n { text-align: right; }
-table.totals tbody tr:last-child td { font-weight: 600; }
-figure { margin: 1.5em 0; } img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #444; font-size: 0.92em; } .note { color: #777; font-size: 0.85em; }
-"""
-
-
-def write_report(run: Run, out_dir: str | Path | None = None) -> Path:
-    """Write the plots and `index.html` into `out_dir` (default `runs/<name>/report/`); returns the page's path."""
-    out_dir = Path(out_dir) if out_dir is not None else run.dir.root / "report"
-    data = load(run)
-    plots = render_plots(data, out_dir)
-    facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in run_facts(data))
-    figures = []
-    for name, (path, notes) in plots.items():
-        note = f'<div class="note">Not shown: {html.escape("; ".join(notes))}</div>' if notes else ""
-        figures.append(
-            f'<figure id="{name}"><img src="{html.escape(path.name)}" alt="{name}">'
-            f"<figcaption>{html.escape(PLOTS[name][1])}</figcaption>{note}</figure>"
-        )
-    name = html.escape(run.recipe.name)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>fusechat3 report: {name}</title><style>{_CSS}</style></head>
-<body>
-<h1>Data report: {name}</h1>
-<p>What the FuseChat-3.0 build of this run made from the sampled and scored responses, and why.
-Generated {time.strftime("%Y-%m-%d %H:%M")}.</p>
-<table class="facts">{facts}</table>
-<h2>Composition</h2>
-<p>Prompts and training rows per domain and source dataset (rows joined to prompts by <code>prompt_id</code>).</p>
-{_html_table(*composition(data), css="totals")}
-<h2>Plots</h2>
-{"".join(figures)}
-<h2>What the build dropped</h2>
-<p>Every prompt gives one row or one counted drop; unusable responses are counted by reason.</p>
-{_html_table(*drop_table(data.build))}
-</body></html>
-"""
-    index = out_dir / "index.html"
-    index.write_text(page, encoding="utf-8")
-    log(f"report: {len(plots)} plots and {index}")
-    return index

@@ -1,0 +1,92 @@
+"""`BuildingSpec`: the settings of the FuseChat-3.0 selection rules (the recipe's `building:`
+section), and the two hashes that place a prompt: the SFT/DPO split and the held-out share.
+
+Both hashes are of (seed, prompt_id), never Python's random order: a prompt lands in the same
+set on every machine and every re-run, whatever else the prompt set holds.
+"""
+
+from __future__ import annotations
+
+from pydantic import field_validator
+
+from fusechat3 import schema
+from fusechat3.config import KeyProblem, Section
+from fusechat3.errors import RecipeError
+
+
+def _check_band(band: list[float] | None) -> list[float] | None:
+    if band is not None and (len(band) != 2 or not 0 <= band[0] <= band[1]):
+        raise ValueError(f"must be two numbers [lo, hi] with 0 <= lo <= hi, got {band}")
+    return band
+
+
+class BuildingSpec(Section):
+    """The FuseChat-3.0 selection rules that turn scored samples into SFT and DPO sets."""
+
+    # Fraction of each domain's prompts that go to SFT; the rest go to DPO (paper: 4:6).
+    sft_fraction: dict[str, float] = {"instruction": 0.4, "math": 0.4, "code": 0.4}
+    # [lo, hi]: keep a DPO pair if lo <= reward gap <= hi (FuseChat-3.0: [0.01, 0.1] on ArmoRM's scale); null: no band.
+    reward_gap: list[float] | None = [0.01, 0.1]
+    reward_gap_per_domain: dict[str, list[float] | None] = {}  # per-domain band; null: no band for that domain
+    sft_only_domains: list[str] = ["zh"]  # domains that give SFT rows only
+    zh_source: str | None = None  # the one source whose responses make the SFT-only rows (must name a source)
+    seed: int = 0  # seed of the SFT/DPO prompt split and of the held-out share
+    # Fraction of the prompts whose rows are held out of training, in build/<set>-heldout.parquet: the
+    # held-out data of the training stages' evaluation and checkpoint choice. 0: none.
+    heldout_fraction: float = 0.0
+
+    @field_validator("sft_fraction")
+    @classmethod
+    def _fractions(cls, value: dict[str, float]) -> dict[str, float]:
+        for domain, fraction in value.items():
+            if not 0.0 <= fraction <= 1.0:
+                raise KeyProblem(domain, f"must be in [0, 1], got {fraction}")
+        return value
+
+    @field_validator("reward_gap")
+    @classmethod
+    def _band(cls, value: list[float] | None) -> list[float] | None:
+        return _check_band(value)
+
+    @field_validator("reward_gap_per_domain")
+    @classmethod
+    def _bands(cls, value: dict[str, list[float] | None]) -> dict[str, list[float] | None]:
+        for domain, band in value.items():
+            try:
+                _check_band(band)
+            except ValueError as e:
+                raise KeyProblem(domain, str(e)) from None
+        return value
+
+    @field_validator("heldout_fraction")
+    @classmethod
+    def _heldout(cls, value: float) -> float:
+        if not 0.0 <= value <= 0.5:
+            raise ValueError(f"must be in [0, 0.5], got {value}")
+        return value
+
+    def gap_for(self, domain: str) -> list[float] | None:
+        """The reward-gap band of a domain's DPO pairs (None: no band)."""
+        return self.reward_gap_per_domain.get(domain, self.reward_gap)
+
+
+def split_of(prompt_id: str, domain: str, spec: BuildingSpec) -> str:
+    """Which set a prompt goes to, "sft" or "dpo": a hash of (seed, prompt_id)."""
+    if domain in spec.sft_only_domains:
+        return "sft"
+    if domain not in spec.sft_fraction:
+        raise RecipeError(
+            f"building.sft_fraction has no entry for domain {domain!r}; add one, e.g. `{domain}: 0.4` "
+            "(the fraction of its prompts that go to SFT, the rest to DPO)"
+        )
+    digest = schema.stable_hash({"seed": spec.seed, "prompt_id": prompt_id}, length=16)
+    u = int(digest, 16) / 16**16  # uniform in [0, 1): 64 bits of the hash
+    return "sft" if u < float(spec.sft_fraction[domain]) else "dpo"
+
+
+def is_heldout(prompt_id: str, spec: BuildingSpec) -> bool:
+    """Whether a prompt's rows are held out of training: a hash of (seed, prompt_id), independent of the split."""
+    if spec.heldout_fraction <= 0:
+        return False
+    digest = schema.stable_hash({"seed": spec.seed, "heldout": prompt_id}, length=16)
+    return int(digest, 16) / 16**16 < spec.heldout_fraction
