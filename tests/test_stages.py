@@ -134,3 +134,26 @@ def test_help_lists_the_stages_without_heavy_imports():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip().endswith("[]"), out.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sft.peft={rr: 8}", r"imf\.yaml: peft\.rr: not a LoraConfig field; did you mean 'r'\?"),
+        (
+            "dpo.learning_rat=1e-6",
+            r"imf\.yaml: dpo\.learning_rat: not a DPOConfig field; did you mean 'learning_rate'\?",
+        ),
+        ("sft.select_checkpoint={metric: eval_loss}", r"imf\.yaml: .*select_checkpoint: needs held-out data"),
+        ("scoring.reward_model.backend=onnx", r"key 'scoring\.reward_model\.backend' must name a reward backend"),
+    ],
+)
+def test_run_checks_every_stage_before_it_starts_any(tmp_path, override, message):
+    """A mistake in a late stage's settings (the training sections: LoRA, checkpoint choice, TRL fields)
+    is one line before the first stage runs, not after hours of sampling."""
+    from fusechat3.errors import UserError
+
+    run = _run(tmp_path, [override])
+    with pytest.raises(UserError, match=message):
+        stages.run_all(run)
+    assert not (tmp_path / "run" / "prompts").exists()
