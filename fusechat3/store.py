@@ -124,6 +124,10 @@ class RunDir:
             raise StoreError(f"stage {name!r} has not finished in {self.root}: run `{how}` first")
         return _read_shards(folder, manifest, name)
 
+    def manifest(self, name: str) -> dict | None:
+        """The manifest of stage `name` as it is on disk (None: the stage never started here)."""
+        return _read_manifest(self.root / _check_name("stage", name, nested=True))
+
     def finished_summary(self, name: str, key: str) -> dict | None:
         """The summary of stage `name` if it finished under `key`, else None (reads only: no lock)."""
         manifest = _read_manifest(self.root / _check_name("stage", name, nested=True))

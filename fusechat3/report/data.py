@@ -8,7 +8,6 @@ pair the way the building rules test it against the recipe's band.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from typing import Any
 from fusechat3.errors import StoreError
 from fusechat3.run import Run, log
 from fusechat3.schema import DOMAINS
-from fusechat3.store import MANIFEST
 
 # The training sets of the build stage (build/<name>.parquet), in table order; WRPO is optional.
 SETS = ("sft", "dpo", "wrpo")
@@ -70,19 +68,12 @@ def set_files(run: Run) -> dict[str, Path]:
 
 def build_summary(run: Run) -> dict:
     """The finished build stage's summary; one error line if the build has not finished."""
-    how = run.how("build")
-    path = run.dir.root / "build" / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        manifest = None
-    except (OSError, ValueError) as e:
-        raise StoreError(f"{path} cannot be read ({e}): run `{how}` again") from None
+    manifest = run.dir.manifest("build")  # a broken manifest is a StoreError line from the store
     if not manifest or not manifest.get("finished"):
-        raise StoreError(f"stage 'build' has not finished in {run.dir.root}: run `{how}` first")
+        raise StoreError(f"stage 'build' has not finished in {run.dir.root}: run `{run.how('build')}` first")
     if manifest.get("key") != run.key("build"):
         # Reported, not refused: the sets on disk are what would be trained on and published.
-        log(f"[yellow]note[/]: {run.dir.root}/build was made with other settings or code than the recipe's now")
+        log(f"[yellow]note[/]: the build in {run.dir.root} was made with other settings or code than the recipe's now")
     return dict(manifest.get("summary") or {})
 
 

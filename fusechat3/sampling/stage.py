@@ -54,7 +54,7 @@ def run_sample(run: Run, source: str | None = None, shard: tuple[int, int] | Non
 
 def _check_prompts(run: Run, rows: list[dict]) -> None:
     """A broken prompts stage (hand-edited, from another version) is one line, before any model loads."""
-    where = f"{run.dir.root / SAMPLE.reads[0]}"
+    where = str(run.output(SAMPLE.reads[0], "rows"))
     for i, row in enumerate(rows):
         try:
             check_prompt(row, where=f"{where}: row {i}, prompt")
