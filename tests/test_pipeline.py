@@ -14,6 +14,8 @@ import pytest
 from fusechat3.recipe import load_recipe
 from fusechat3.run import Run
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "toyworld" / "imf.yaml"
 
@@ -24,7 +26,9 @@ TINY = [
     "sources.2.sampling.n=2",
     "sampler.shard_size=10",
     "scoring.shard_size=40",
-    "building.reward_gap=[0.0, 100.0]",
+    # The band of the reward-judged domain (instruction; math and code have none): wide enough to keep pairs
+    # for the DPO stage, narrow enough that some prompts have none in it (test_built_sets_follow_the_rules).
+    "building.reward_gap=[0.3, 20.0]",
     "sft.max_steps=3",
     "sft.per_device_train_batch_size=4",
     "sft.logging_steps=1",
@@ -128,6 +132,14 @@ def test_built_sets_follow_the_rules(finished_run):
             assert row["model"] == "qwen2-code"
     assert all(r["domain"] != "zh" for r in dpo)
     scores = {(s["prompt_id"], s["model"], s["sample_idx"]): s for s in run.read("score")}
+    # Each source's responses of each prompt, with their rewards: (prompt_id, model) -> {text: rewards}.
+    responses: dict[tuple[str, str], dict[str, set]] = {}
+    for source in run.recipe.sources:
+        for sample in run.read(f"sample/{source.name}"):
+            key = (sample["prompt_id"], sample["model"], sample["sample_idx"])
+            texts = responses.setdefault(key[:2], {})
+            texts.setdefault(sample["text"], set()).add(scores[key]["reward"])
+    spec = run.recipe.building
     for row in dpo:  # chosen and rejected come from the same source, chosen scores higher
         assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
         assert (
@@ -136,6 +148,19 @@ def test_built_sets_follow_the_rules(finished_run):
             or row["score_chosen"] >= row["score_rejected"]
             or row["domain"] in ("math", "code")
         )
+        # Both are responses of the row's source to this prompt, with the rewards the row gives them.
+        own = responses.get((row["prompt_id"], row["model"]), {})
+        assert row["score_chosen"] in own.get(row["chosen"][0]["content"], set()), row
+        assert row["score_rejected"] in own.get(row["rejected"][0]["content"], set()), row
+        # Where a band is set, the reward gap lies in it.
+        band = spec.gap_for(row["domain"])
+        if band is not None:
+            gap = row["score_chosen"] - row["score_rejected"]
+            assert band[0] - 1e-9 <= gap <= band[1] + 1e-9, (row["domain"], gap, band)
+    # The band did its work: it dropped prompts, and kept the pairs of others.
+    drops = run.stage("build").summary()["stats"]["drops"]["instruction"]
+    assert drops.get("gap_below", 0) + drops.get("gap_above", 0) > 0, drops
+    assert any(r["domain"] == "instruction" for r in dpo)
     assert "target-own" not in {r["model"] for r in sft + dpo}
     wrpo = pq.read_table(build / "wrpo.parquet").to_pylist()
     assert wrpo, run.stage("build").summary()

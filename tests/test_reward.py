@@ -24,42 +24,27 @@ def _conversation(n_words: int, seed: int) -> list[dict]:
     ]
 
 
+def _spread_scores(model, tokenizer) -> None:
+    model.score.weight.normal_(0.0, 1.0)  # a spread of rewards, so that mixing two up cannot go unnoticed
+
+
 @pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def rm_dir(make_tiny_llama) -> Path:
     """A tiny reward model folder: BPE tokenizer with a chat template, Llama classifier WITHOUT pad_token_id."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-rm")
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "<unk>", "<s>", "</s>"])
-    corpus = [" ".join(WORDS[i:] + WORDS[:i]) + " user assistant : 0123456789" for i in range(len(WORDS))]
-    tok.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    return Path(
+        make_tiny_llama(
+            "tiny-rm",
+            corpus=[" ".join(WORDS[i:] + WORDS[:i]) + " user assistant : 0123456789" for i in range(len(WORDS))],
+            vocab_size=200,
+            special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
+            tokens={"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
+            chat_template=TEMPLATE,
+            byte_level=False,
+            head="classifier",
+            config={"head_dim": 32, "max_position_embeddings": 256, "num_labels": 1, "pad_token_id": None},
+            tweak=_spread_scores,
+        )
     )
-    tokenizer.chat_template = TEMPLATE
-    tokenizer.save_pretrained(path)
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=256,
-        num_labels=1,
-        pad_token_id=None,
-    )
-    model = LlamaForSequenceClassification(config)
-    with torch.no_grad():
-        model.score.weight.normal_(0.0, 1.0)  # a spread of rewards, so that mixing two up cannot go unnoticed
-    model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

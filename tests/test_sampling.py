@@ -38,52 +38,28 @@ SAMPLED = GenParams(n=3, temperature=0.8, top_p=0.95, max_tokens=16)
 GREEDY = GenParams(n=2, temperature=0, max_tokens=24)
 
 
-def build_tiny_llama(path: str) -> None:
-    """A byte-level BPE tokenizer with a chat template and a random 2-layer Llama (head size 32)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator([p + " over the lazy dog, 12 + 30 = 42" for p in PROMPTS] * 10, trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    hf_tok.chat_template = TEMPLATE
-    hf_tok.save_pretrained(path)
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(hf_tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=MAX_LEN,
-        initializer_range=0.2,  # std 0.2: peaked, not near-uniform, next-token distributions
-        bos_token_id=hf_tok.bos_token_id,
-        eos_token_id=hf_tok.eos_token_id,
-        pad_token_id=hf_tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        # Make EOS likelier so that some replies end on it and others run to max_tokens.
-        model.lm_head.weight[hf_tok.eos_token_id] *= 1.5
-    model.save_pretrained(path)
+def _boost_eos(model, tokenizer) -> None:
+    # Make EOS likelier so that some replies end on it and others run to max_tokens.
+    model.lm_head.weight[tokenizer.eos_token_id] *= 1.5
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = str(tmp_path_factory.mktemp("tiny_llama"))
-    build_tiny_llama(path)
-    return path
+def tiny_model(make_tiny_llama) -> str:
+    """A byte-level BPE tokenizer with a chat template and a random 2-layer Llama (head size 32)."""
+    return make_tiny_llama(
+        "tiny_llama",
+        corpus=[p + " over the lazy dog, 12 + 30 = 42" for p in PROMPTS] * 10,
+        vocab_size=300,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        tokens={"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"},
+        chat_template=TEMPLATE,
+        config={
+            "max_position_embeddings": MAX_LEN,
+            "initializer_range": 0.2,  # std 0.2: peaked, not near-uniform, next-token distributions
+            "tie_word_embeddings": False,
+        },
+        tweak=_boost_eos,
+    )
 
 
 @pytest.fixture(scope="module")

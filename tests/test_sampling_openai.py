@@ -138,6 +138,7 @@ def _texts(results):
     return [[c.text for c in completions] for completions in results]
 
 
+@pytest.mark.integration
 def test_samples_in_input_order_and_seeded(server, key_env):
     sampler = get_sampler("openai", SERVED_NAME, base_url=server, api_key_env=key_env, max_concurrency=8)
     try:
@@ -172,6 +173,7 @@ def test_samples_in_input_order_and_seeded(server, key_env):
         sampler.close()
 
 
+@pytest.mark.integration
 def test_over_long_prompt_between_others(server, key_env, caplog):
     batch = [CONVERSATIONS[0], TOO_LONG, CONVERSATIONS[1]]
     model_dir = resolve_model("toyworld:mistral-math")
@@ -200,6 +202,7 @@ def test_over_long_prompt_between_others(server, key_env, caplog):
         assert _texts([got[0], got[2]]) == expected  # the neighbours keep their own answers
 
 
+@pytest.mark.integration
 def test_api_key(server, key_env, monkeypatch, caplog, capsys):
     caplog.set_level(logging.DEBUG)
     for name in ("openai", "httpx", "httpx2"):  # as verbose as a user may make them

@@ -43,6 +43,8 @@ from procs import gone_soon, sleepers
 from fusechat3.scoring import sandbox
 from fusechat3.scoring.code import run_tests_many
 
+pytestmark = pytest.mark.integration
+
 WRONG = "\ndef add(a, b):\n    return a - b\n"
 TESTS = ["assert add(1, 2) == 3"]
 TIMEOUT_S = 3.0  # generous: the machine may be busy, and the fork bomb runs beside the others

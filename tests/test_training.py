@@ -10,109 +10,16 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 REPO = Path(__file__).resolve().parents[1]
 
-# A Llama-3-like template without `{% generation %}` markers: the loss mask must come from
-# the prompt-completion split, not from the template.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|start|>{{ m['role'] }}\n{{ m['content'] }}<|end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|start|>assistant\n{% endif %}"
-)
-WORDS = "the cat sat on a mat and the dog ran to red blue green add two three four five six what is sum".split()
+# The tiny Llama (`tiny_llama`), its toy data (`sft_file`, `dpo_file`) and the datasets cache come from conftest.py.
+pytestmark = pytest.mark.usefixtures("datasets_cache")
 
 
-def _chat(i: int) -> list[dict]:
-    question = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(5))
-    return [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"what is {question}?"}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def datasets_cache(tmp_path_factory):
-    """Keep the datasets cache (TRL's precomputed reference log-probs land there too) out of the home folder."""
-    import datasets
-
-    cache = tmp_path_factory.mktemp("hf-datasets")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-        mp.setenv("HF_DATASETS_CACHE", str(cache))  # for the entry-point subprocess
-        yield cache
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    """A 2-layer LlamaForCausalLM (hidden 64, 2 heads of 32) and a byte-level BPE tokenizer with a chat template."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<pad>", "<|start|>", "<|end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] + ["system user assistant be brief"]
-    tok.train_from_iterator(corpus * 4, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", pad_token="<pad>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    return str(path)
-
-
-def _meta(i: int) -> dict:
-    return {"prompt_id": f"p{i}", "domain": "instruction", "model": "src", "score_chosen": 0.5, "score_rejected": None}
-
-
-@pytest.fixture(scope="module")
-def sft_file(tmp_path_factory) -> str:
-    """Eight good SFT rows and one bad one (ends with a user turn), with the analysis columns."""
-    import pyarrow as pa
+def _rows(path: str) -> list[dict]:
     import pyarrow.parquet as pq
 
-    rows = [
-        {"messages": _chat(i) + [{"role": "assistant", "content": f"the sum is {WORDS[i]}"}], **_meta(i)}
-        for i in range(8)
-    ]
-    rows.append({"messages": _chat(9), **_meta(9)})
-    path = tmp_path_factory.mktemp("sft") / "sft-00000.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def dpo_file(tmp_path_factory) -> str:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = []
-    for i in range(6):
-        chosen = [{"role": "assistant", "content": f"the sum is {WORDS[i]}"}]
-        rejected = [{"role": "assistant", "content": f"red blue {WORDS[i + 3]} dog cat mat"}]
-        rows.append({"prompt": _chat(i), "chosen": chosen, "rejected": rejected, **_meta(i), "score_rejected": 0.1})
-    path = tmp_path_factory.mktemp("dpo") / "dpo-00000.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return str(path)
+    return pq.read_table(path).to_pylist()
 
 
 FAST = {
@@ -139,65 +46,140 @@ def _changed(before: dict, after: dict) -> list[str]:
     return [k for k in before if not torch.equal(before[k], after[k])]
 
 
-def test_sft_trains_saves_and_is_deterministic(tiny_model, sft_file, tmp_path, capsys):
+@pytest.mark.integration
+def test_sft_trains_saves_and_is_deterministic(tiny_llama, sft_file, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fusechat3.training import train_sft
 
-    out1 = train_sft(tiny_model, [sft_file], str(tmp_path / "a"), dict(FAST))
+    out1 = train_sft(tiny_llama, [sft_file], str(tmp_path / "a"), dict(FAST))
     printed = capsys.readouterr().out
     assert "9 rows in, 8 rows out, 1 skipped" in printed
     assert "last message is not the assistant's" in printed
 
-    before, after = _weights(tiny_model), _weights(out1)
+    before, after = _weights(tiny_llama), _weights(out1)
     assert len(_changed(before, after)) > len(before) // 2  # a real update, not one stray tensor
 
     # Saved where vLLM / transformers load it, with the chat template.
     tok = AutoTokenizer.from_pretrained(out1)
-    assert tok.chat_template == CHAT_TEMPLATE
+    assert tok.chat_template and tok.chat_template == AutoTokenizer.from_pretrained(tiny_llama).chat_template
     AutoModelForCausalLM.from_pretrained(out1)
 
     # Same seed, same data: the same weights, bit for bit, on CPU.
-    out2 = train_sft(tiny_model, [sft_file], str(tmp_path / "b"), dict(FAST))
+    out2 = train_sft(tiny_llama, [sft_file], str(tmp_path / "b"), dict(FAST))
     assert not _changed(after, _weights(out2))
 
 
-def test_sft_loss_mask_covers_only_the_completion(tiny_model, sft_file, tmp_path):
+def test_sft_loss_mask_covers_only_the_completion(tiny_llama, sft_file, tmp_path):
     from transformers import AutoTokenizer
 
     from fusechat3.training.data import load_parquet
     from fusechat3.training.sft import SFT_COLUMNS, build_sft_trainer, sft_config
 
     config = sft_config(dict(FAST), str(tmp_path / "out"))
-    trainer = build_sft_trainer(tiny_model, load_parquet([sft_file], SFT_COLUMNS), config)
+    trainer = build_sft_trainer(tiny_llama, load_parquet([sft_file], SFT_COLUMNS), config)
     row = trainer.train_dataset[0]
     ids, labels = row["input_ids"], row["labels"]
 
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    messages = _chat(0)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    conversation = _rows(sft_file)[0]["messages"]
+    messages, answer = conversation[:-1], conversation[-1]["content"]
     prompt_len = len(
         tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
     )
     assert labels[:prompt_len] == [-100] * prompt_len
     assert labels[prompt_len:] == ids[prompt_len:]
-    assert tok.decode(ids[prompt_len:]) == f"the sum is {WORDS[0]}<|end|>\n"
+    assert tok.decode(ids[prompt_len:]) == f"{answer}<|end|>\n"
 
 
-def test_dpo_sigmoid_norm_trains(tiny_model, dpo_file, tmp_path):
+def _perturbed_copy(model_dir: str, out: Path) -> str:
+    """`model_dir` with every weight scaled by 1 + 5% noise (seeded), and its tokenizer: a policy != the reference."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + 0.05 * torch.randn(p.shape, generator=generator))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return str(out)
+
+
+def _completion_logp(model, tok, prompt: list[dict], completion: list[dict]) -> tuple[float, int]:
+    """log π(completion | prompt) by hand on one unpadded sequence (chat template applied), and the token count."""
+    import torch
+
+    prompt_ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    full_ids = tok.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)
+    prompt_ids, full_ids = prompt_ids["input_ids"], full_ids["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+    ids = torch.tensor([full_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].double()
+    token_logps = logits[:-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0][len(prompt_ids) - 1 :]
+    return token_logps.sum().item(), len(token_logps)
+
+
+@pytest.mark.integration
+def test_dpo_sigmoid_norm_trains(tiny_llama, dpo_file, tmp_path):
+    """A short length-normalized DPO run learns; and the trainer's loss on a fixed batch, with a policy that
+    differs from the reference, is -log σ(β/|y_w|·(logπθ−logπref)(y_w) − β/|y_l|·(logπθ−logπref)(y_l)) computed
+    by hand from per-token log-probs, not the plain `sigmoid` loss (the same without the 1/|y| factors)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from fusechat3.training.data import load_parquet
-    from fusechat3.training.dpo import DPO_COLUMNS, dpo_config, run_dpo
+    from fusechat3.training.dpo import DPO_COLUMNS, build_dpo_trainer, dpo_config, run_dpo
 
     args = dict(
         FAST, loss_type=["sigmoid_norm"], beta=10.0, precompute_ref_log_probs=True, per_device_train_batch_size=2
     )
     config = dpo_config(args, str(tmp_path / "dpo"))
     assert config.loss_type == ["sigmoid_norm"]
-    out = run_dpo(tiny_model, load_parquet([dpo_file], DPO_COLUMNS), config)
+    out = run_dpo(tiny_llama, load_parquet([dpo_file], DPO_COLUMNS), config)
 
-    assert len(_changed(_weights(tiny_model), _weights(out))) > 0
+    assert len(_changed(_weights(tiny_llama), _weights(out))) > 0
     # The policy starts equal to the (precomputed) reference: the first loss is -log σ(0) = log 2.
-    losses = [h["loss"] for h in _trainer_log(out) if "loss" in h]
-    assert losses and math.isclose(losses[0], math.log(2), abs_tol=1e-3)
+    logged = [h["loss"] for h in _trainer_log(out) if "loss" in h]
+    assert logged and math.isclose(logged[0], math.log(2), abs_tol=1e-3)
+
+    # The loss itself, on the first `n` rows as one batch, against a perturbed policy.
+    beta, n = 2.0, 4
+    policy = _perturbed_copy(tiny_llama, tmp_path / "policy")
+    losses = {}
+    for loss_type in ("sigmoid_norm", "sigmoid"):
+        config = dpo_config(dict(FAST, loss_type=[loss_type], beta=beta), str(tmp_path / loss_type))
+        trainer = build_dpo_trainer(policy, load_parquet([dpo_file], DPO_COLUMNS), config, ref_model=tiny_llama)
+        batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(n)]))
+        trainer.model.eval()
+        with torch.no_grad():
+            losses[loss_type] = trainer.compute_loss(trainer.model, batch).item()
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    models = {
+        name: AutoModelForCausalLM.from_pretrained(path).eval()
+        for name, path in (("policy", policy), ("ref", tiny_llama))
+    }
+    expected = {"sigmoid_norm": 0.0, "sigmoid": 0.0}
+    counts = []
+    for row in _rows(dpo_file)[:n]:
+        ratio, norm_ratio = {}, {}
+        for side in ("chosen", "rejected"):
+            logp, count = _completion_logp(models["policy"], tok, row["prompt"], row[side])
+            ref_logp, _ = _completion_logp(models["ref"], tok, row["prompt"], row[side])
+            ratio[side], norm_ratio[side] = logp - ref_logp, (logp - ref_logp) / count
+            counts.append(count)
+        for name, r in (("sigmoid_norm", norm_ratio), ("sigmoid", ratio)):
+            z = beta * (r["chosen"] - r["rejected"])
+            expected[name] += math.log1p(math.exp(-z)) / n  # -log σ(z)
+
+    assert counts[0::2] != counts[1::2]  # chosen and rejected lengths differ: the 1/|y| factors matter
+    assert abs(losses["sigmoid_norm"] - math.log(2)) > 1e-3  # the policy is not the reference
+    assert abs(expected["sigmoid_norm"] - expected["sigmoid"]) > 1e-2
+    assert losses["sigmoid_norm"] == pytest.approx(expected["sigmoid_norm"], abs=1e-5), (losses, expected)
+    assert losses["sigmoid"] == pytest.approx(expected["sigmoid"], abs=1e-5), (losses, expected)
 
 
 def _trainer_log(output_dir: str) -> list[dict]:
@@ -217,7 +199,7 @@ def test_unknown_trl_key_names_the_closest(tmp_path):
         train_dpo("no/such-model", ["none.parquet"], str(tmp_path), {"los_type": ["sigmoid_norm"]})
 
 
-def test_missing_column_names_the_file(tiny_model, tmp_path):
+def test_missing_column_names_the_file(tiny_llama, dpo_file, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -225,16 +207,18 @@ def test_missing_column_names_the_file(tiny_model, tmp_path):
     from fusechat3.training import train_dpo
 
     bad = tmp_path / "bad.parquet"
-    pq.write_table(pa.Table.from_pylist([{"prompt": _chat(0), "chosen": [{"role": "assistant", "content": "x"}]}]), bad)
+    pair = _rows(dpo_file)[0]
+    pq.write_table(pa.Table.from_pylist([{"prompt": pair["prompt"], "chosen": pair["chosen"]}]), bad)
     with pytest.raises(RowError, match=r"bad\.parquet: missing column\(s\) \['rejected'\]"):
-        train_dpo(tiny_model, [str(bad)], str(tmp_path / "out"), {})
+        train_dpo(tiny_llama, [str(bad)], str(tmp_path / "out"), {})
 
 
-def test_sft_entry_point(tiny_model, sft_file, tmp_path):
+@pytest.mark.integration
+def test_sft_entry_point(tiny_llama, sft_file, tmp_path):
     out = tmp_path / "cli-out"
     config = tmp_path / "sft.yaml"
     config.write_text(
-        f"model: {tiny_model}\ntrain_files: [{sft_file}]\noutput_dir: {out}\n"
+        f"model: {tiny_llama}\ntrain_files: [{sft_file}]\noutput_dir: {out}\n"
         "sft:\n  max_steps: 1\n  logging_steps: 1\n  gradient_checkpointing: false\n  save_strategy: 'no'\n"
     )
     cmd = [sys.executable, "-m", "fusechat3.training.sft", "--config", str(config), "--set", "sft.learning_rate=5e-4"]
@@ -313,7 +297,8 @@ def test_bad_model_path_is_one_line(sft_file, tmp_path):
         train_sft(str(tmp_path / "no-model"), [sft_file], str(tmp_path / "out"), {})
 
 
-def test_dpo_entry_point_with_dataset_folder_and_ref_model(tiny_model, dpo_file, tmp_path, capsys):
+@pytest.mark.integration
+def test_dpo_entry_point_with_dataset_folder_and_ref_model(tiny_llama, dpo_file, tmp_path, capsys):
     import shutil
 
     from fusechat3.training.dpo import main
@@ -324,7 +309,7 @@ def test_dpo_entry_point_with_dataset_folder_and_ref_model(tiny_model, dpo_file,
     out = tmp_path / "dpo-out"
     config = tmp_path / "dpo.yaml"
     config.write_text(
-        f"model: {tiny_model}\nref_model: {tiny_model}\ndataset: {folder}\noutput_dir: {out}\n"
+        f"model: {tiny_llama}\nref_model: {tiny_llama}\ndataset: {folder}\noutput_dir: {out}\n"
         "dpo:\n  max_steps: 1\n  loss_type: [sigmoid_norm]\n  beta: 10\n  gradient_checkpointing: false\n"
         "  save_strategy: 'no'\n  logging_steps: 1\n"
     )

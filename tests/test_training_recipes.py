@@ -1,7 +1,7 @@
 """Tests of the training recipes and of what every trainer shares: learning on toy data, LoRA, resuming,
 the paper's checkpoint choice, and `fusechat3 sft|dpo|wrpo <training config>`.
 
-Real TRL trainers on the tiny Llama of test_training.py; losses are computed by hand from the
+Real TRL trainers on the tiny Llama of conftest.py; losses are computed by hand from the
 model's log-probs, not read from the trainer's logs.
 """
 
@@ -13,15 +13,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import test_training as _shared
 import yaml
 
-# The tiny model, the toy data and the datasets-cache fixture of test_training.py, shared by
-# name (pytest finds fixtures among a module's attributes).
-datasets_cache = _shared.datasets_cache
-tiny_model = _shared.tiny_model
-sft_file = _shared.sft_file
-dpo_file = _shared.dpo_file
+# The tiny Llama (`tiny_llama`), its toy data (`sft_file`, `dpo_file`) and the datasets cache come from conftest.py.
+pytestmark = pytest.mark.usefixtures("datasets_cache")
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -177,22 +172,22 @@ def test_recipe_loads_into_trl_config_with_paper_values(path, tmp_path):
     assert options.peft_config.r == 16 and options.merge_adapter is True
 
 
-def test_wrpo_recipes_load_into_the_wrpo_config(tmp_path):
-    recipes = sorted(RECIPES.glob("wrpo/*.yaml"))
-    if not recipes:
-        pytest.skip("no recipes/wrpo/ yet")
-    wrpo = pytest.importorskip("fusechat3.training.wrpo")
-    config_cls = getattr(wrpo, "WRPOConfig", None)
-    if config_cls is None:
-        pytest.skip("fusechat3.training.wrpo has no WRPOConfig")
-    from fusechat3.training.config import device_defaults, load_run_config
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "toyworld"])
+def test_wrpo_recipes_load_into_the_wrpo_config(name, tmp_path):
+    from fusechat3.training.config import load_run_config
+    from fusechat3.training.wrpo import wrpo_config
+    from fusechat3.training.wrpo_trainer import WRPOConfig
 
-    for path in recipes:
-        rc = load_run_config(str(path), "wrpo", config_cls, extra_keys=("ref_model",))
-        config = config_cls(output_dir=str(tmp_path), **device_defaults(rc.args, has_cuda=False))
-        assert config.beta == rc.args["beta"]
-        if path.stem != "toyworld":  # the paper's settings (the toy recipe scales beta and lr to the toy model)
-            assert rc.args.get("beta") == 0.01 and rc.args.get("learning_rate") == 3e-7, path
+    path = RECIPES / "wrpo" / f"{name}.yaml"
+    rc = load_run_config(str(path), "wrpo", WRPOConfig, extra_keys=("ref_model",))
+    config = wrpo_config(rc.args, str(tmp_path))
+    assert isinstance(config, WRPOConfig) and config.beta == rc.args["beta"]
+    assert rc.train_files and rc.train_files[0].endswith("build/wrpo.parquet")
+    assert config.wrpo_alpha == 0.1 and config.wrpo_alpha_schedule == "linear"
+    assert config.precompute_ref_log_probs is True
+    if path.stem != "toyworld":  # the paper's settings (the toy recipe scales beta and lr to the toy model)
+        assert (config.beta, config.learning_rate, config.num_train_epochs, config.max_length) == (0.01, 3e-7, 1, 2048)
+        assert config.lr_scheduler_type == "cosine" and config.warmup_steps == 0.1
 
 
 ACCELERATE = {
@@ -204,24 +199,13 @@ ACCELERATE = {
 
 
 @pytest.mark.parametrize("name", sorted(ACCELERATE))
-def test_accelerate_configs_parse_and_have_only_known_keys(name):
-    from accelerate.commands.config.config_args import ClusterConfig
-    from accelerate.commands.launch import launch_command_parser
-
-    path = RECIPES / "accelerate" / f"{name}.yaml"
-    raw = yaml.safe_load(path.read_text())
+def test_accelerate_configs_have_the_expected_values(name):
+    """Their loading is checked with every recipe file (test_recipe_files.py); here what each is for."""
+    assert sorted(p.stem for p in (RECIPES / "accelerate").glob("*.yaml")) == sorted(ACCELERATE)
+    raw = yaml.safe_load((RECIPES / "accelerate" / f"{name}.yaml").read_text())
     distributed, processes = ACCELERATE[name]
     assert raw["distributed_type"] == distributed and raw["num_processes"] == processes
     assert raw["mixed_precision"] == "bf16" and raw["num_machines"] == 1
-    assert path.read_text().startswith("#")  # documented: what it is for and how to launch it
-
-    # accelerate's own loader rejects unknown top-level keys; the nested sections become launch
-    # arguments, so each of their keys must be one (an unknown one would be silently ignored).
-    ClusterConfig.from_yaml_file(str(path))
-    launch_args = {action.dest for action in launch_command_parser()._actions}
-    for section in ("deepspeed_config", "fsdp_config"):
-        unknown = set(raw.get(section, {})) - launch_args
-        assert not unknown, f"{name}.{section}: {unknown}"
     if name == "zero3":
         assert raw["deepspeed_config"]["zero_stage"] == 3 and raw["deepspeed_config"]["zero3_save_16bit_model"]
     if name == "fsdp2":
@@ -232,30 +216,32 @@ def test_accelerate_configs_parse_and_have_only_known_keys(name):
 # --------------------------------------------------------------------------- learning
 
 
-def test_sft_twenty_steps_lowers_the_loss_on_a_fixed_batch(tiny_model, sft_file, tmp_path):
+@pytest.mark.integration
+def test_sft_twenty_steps_lowers_the_loss_on_a_fixed_batch(tiny_llama, sft_file, tmp_path):
     from transformers import AutoTokenizer
 
     from fusechat3.training import train_sft
 
     rows = [r for r in _rows(sft_file) if r["messages"][-1]["role"] == "assistant"]
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    before = _sft_loss(_model(tiny_model), tok, rows)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    before = _sft_loss(_model(tiny_llama), tok, rows)
 
-    out = train_sft(tiny_model, [sft_file], str(tmp_path / "sft"), dict(TOY, max_steps=20))
+    out = train_sft(tiny_llama, [sft_file], str(tmp_path / "sft"), dict(TOY, max_steps=20))
 
     after = _sft_loss(_model(out), tok, rows)
-    assert len(_changed(_weights(tiny_model), _weights(out))) == len(_weights(tiny_model))  # every tensor moved
+    assert len(_changed(_weights(tiny_llama), _weights(out))) == len(_weights(tiny_llama))  # every tensor moved
     assert after < 0.7 * before, (before, after)
 
 
-def test_dpo_twenty_steps_lowers_the_loss_and_keeps_the_better_checkpoint(tiny_model, dpo_file, tmp_path):
+@pytest.mark.integration
+def test_dpo_twenty_steps_lowers_the_loss_and_keeps_the_better_checkpoint(tiny_llama, dpo_file, tmp_path):
     from transformers import AutoTokenizer
 
     from fusechat3.training import train_dpo
 
     rows = _rows(dpo_file)
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    ref = _model(tiny_model)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    ref = _model(tiny_llama)
     assert math.isclose(_norm_dpo_loss(ref, ref, tok, rows, beta=10.0), math.log(2), abs_tol=1e-9)
 
     args = dict(
@@ -271,11 +257,11 @@ def test_dpo_twenty_steps_lowers_the_loss_and_keeps_the_better_checkpoint(tiny_m
     )
     out = Path(tmp_path / "dpo")
     select = {"metric": "rewards/accuracies", "last": 2}
-    train_dpo(tiny_model, [dpo_file], str(out), args, eval_files=[dpo_file], select_checkpoint=select)
+    train_dpo(tiny_llama, [dpo_file], str(out), args, eval_files=[dpo_file], select_checkpoint=select)
 
     after = _norm_dpo_loss(_model(out), ref, tok, rows, beta=10.0)
     assert after < math.log(2) - 0.05, after
-    assert _changed(_weights(tiny_model), _weights(out))
+    assert _changed(_weights(tiny_llama), _weights(out))
 
     # The paper's choice: the better of the last two checkpoints on held-out pairs, recorded.
     record = json.loads((out / "checkpoint_choice.json").read_text())
@@ -288,7 +274,8 @@ def test_dpo_twenty_steps_lowers_the_loss_and_keeps_the_better_checkpoint(tiny_m
     assert not _changed(_weights(out / expected), _weights(out))  # the final model is that checkpoint
 
 
-def test_checkpoint_choice_picks_the_known_better(tiny_model, sft_file, tmp_path):
+@pytest.mark.integration
+def test_checkpoint_choice_picks_the_known_better(tiny_llama, sft_file, tmp_path):
     """Two checkpoints, one of them replaced by the untrained model: the trained one must win, either way round."""
     from fusechat3.training.checkpoints import SelectCheckpoint, choose_checkpoint
     from fusechat3.training.data import load_parquet
@@ -297,10 +284,10 @@ def test_checkpoint_choice_picks_the_known_better(tiny_model, sft_file, tmp_path
     out = tmp_path / "choice"
     config = sft_config(dict(TOY, max_steps=8, save_strategy="steps", save_steps=4), str(out))
     data = load_parquet([sft_file], SFT_COLUMNS)
-    trainer = build_sft_trainer(tiny_model, data, config, eval_dataset=data)
+    trainer = build_sft_trainer(tiny_llama, data, config, eval_dataset=data)
     trainer.train()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
-    untrained = Path(tiny_model) / "model.safetensors"
+    untrained = Path(tiny_llama) / "model.safetensors"
     trained8 = out / "trained-8.safetensors"
     shutil.copy(out / "checkpoint-8" / "model.safetensors", trained8)
 
@@ -327,7 +314,8 @@ def test_checkpoint_choice_picks_the_known_better(tiny_model, sft_file, tmp_path
     assert not _changed(_weights(out / "checkpoint-8"), model_state())
 
 
-def test_lora_sft_trains_the_adapter_and_saves_a_merged_model(tiny_model, sft_file, tmp_path):
+@pytest.mark.integration
+def test_lora_sft_trains_the_adapter_and_saves_a_merged_model(tiny_llama, sft_file, tmp_path):
     import torch
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -335,13 +323,13 @@ def test_lora_sft_trains_the_adapter_and_saves_a_merged_model(tiny_model, sft_fi
     from fusechat3.training import train_sft
 
     peft = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    out = Path(train_sft(tiny_model, [sft_file], str(tmp_path / "lora"), dict(TOY, max_steps=6), peft=peft))
+    out = Path(train_sft(tiny_llama, [sft_file], str(tmp_path / "lora"), dict(TOY, max_steps=6), peft=peft))
 
     adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: the adapter was trained
 
-    base, merged = _weights(tiny_model), _weights(out)
+    base, merged = _weights(tiny_llama), _weights(out)
     assert set(base) == set(merged)  # a plain checkpoint, no adapter keys
     changed = set(_changed(base, merged))
     assert changed and all(".q_proj." in k or ".v_proj." in k for k in changed)
@@ -349,30 +337,31 @@ def test_lora_sft_trains_the_adapter_and_saves_a_merged_model(tiny_model, sft_fi
     x = torch.tensor([[3, 17, 42, 99, 5, 250]])
     with torch.no_grad():
         merged_logits = _model(out)(x).logits
-        adapter_logits = PeftModel.from_pretrained(_model(tiny_model), str(out / "adapter")).eval()(x).logits
+        adapter_logits = PeftModel.from_pretrained(_model(tiny_llama), str(out / "adapter")).eval()(x).logits
     torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-4, rtol=1e-4)
 
     # merge: false keeps only the adapter (for vLLM's --enable-lora, or more training).
     kept = Path(
-        train_sft(tiny_model, [sft_file], str(tmp_path / "kept"), dict(TOY, max_steps=1), peft=peft | {"merge": False})
+        train_sft(tiny_llama, [sft_file], str(tmp_path / "kept"), dict(TOY, max_steps=1), peft=peft | {"merge": False})
     )
     assert (kept / "adapter_config.json").is_file() and not (kept / "model.safetensors").exists()
 
 
-def test_resume_continues_where_the_run_stopped(tiny_model, sft_file, tmp_path):
+@pytest.mark.integration
+def test_resume_continues_where_the_run_stopped(tiny_llama, sft_file, tmp_path):
     from fusechat3.training import train_sft
 
     args = dict(TOY, save_strategy="steps", save_steps=2)
     stopped = tmp_path / "stopped"
-    train_sft(tiny_model, [sft_file], str(stopped), dict(args, max_steps=4))  # "killed" after step 4
+    train_sft(tiny_llama, [sft_file], str(stopped), dict(args, max_steps=4))  # "killed" after step 4
     assert (stopped / "checkpoint-4").is_dir()
     # A mark in the checkpoint's state: a resumed run carries it on, a run that started over would not.
     state_file = stopped / "checkpoint-4" / "trainer_state.json"
     state = json.loads(state_file.read_text())
     state["log_history"][-1]["mark"] = "from checkpoint-4"
     state_file.write_text(json.dumps(state))
-    train_sft(tiny_model, [sft_file], str(stopped), dict(args, max_steps=8, resume_from_checkpoint=True))
-    straight = train_sft(tiny_model, [sft_file], str(tmp_path / "straight"), dict(args, max_steps=8))
+    train_sft(tiny_llama, [sft_file], str(stopped), dict(args, max_steps=8, resume_from_checkpoint=True))
+    straight = train_sft(tiny_llama, [sft_file], str(tmp_path / "straight"), dict(args, max_steps=8))
 
     resumed_log = [h for h in _log(stopped) if "loss" in h]
     straight_log = [h for h in _log(straight) if "loss" in h]
@@ -461,14 +450,15 @@ def test_is_training_config_tells_configs_from_run_recipes(tmp_path):
     assert not is_training_config(str(tmp_path / "missing.yaml"), "sft")
 
 
-def test_cli_sft_on_a_training_config_is_the_entry_point(tiny_model, sft_file, tmp_path, capsys):
+@pytest.mark.integration
+def test_cli_sft_on_a_training_config_is_the_entry_point(tiny_llama, sft_file, tmp_path, capsys):
     from fusechat3.cli import main as cli_main
     from fusechat3.training.sft import main as sft_main
 
     def config(out: Path) -> Path:
         path = tmp_path / f"{out.name}.yaml"
         path.write_text(
-            f"model: {tiny_model}\ntrain_files: [{sft_file}]\noutput_dir: {out}\n"
+            f"model: {tiny_llama}\ntrain_files: [{sft_file}]\noutput_dir: {out}\n"
             "sft:\n  max_steps: 2\n  logging_steps: 1\n  gradient_checkpointing: false\n  save_strategy: 'no'\n"
             "  seed: 3\n"
         )

@@ -1,6 +1,7 @@
 """Tests of WRPO training (fusechat3.training.wrpo): the trainer's loss against an independent computation
 from the models' per-token log-probs, the α schedule, a short run that learns, precomputed and live
-references, row and config errors, the entry point and the recipes. All on the toy target, on CPU."""
+references, row and config errors, the entry point. All on the toy target, on CPU. (The WRPO recipes:
+test_training_recipes.py and test_recipe_files.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 WORDS = "add sum reverse the list of numbers one two three four five six seven eight nine".split()
 
 
@@ -44,16 +44,8 @@ FAST = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def datasets_cache(tmp_path_factory):
-    """Keep the datasets cache (TRL's precomputed reference log-probs land there too) out of the home folder."""
-    import datasets
-
-    cache = tmp_path_factory.mktemp("hf-datasets")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-        mp.setenv("HF_DATASETS_CACHE", str(cache))
-        yield cache
+# The datasets cache (TRL's precomputed reference log-probs land there) comes from conftest.py.
+pytestmark = pytest.mark.usefixtures("datasets_cache")
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +182,7 @@ def test_config_defaults_and_errors(tmp_path):
         wrpo_config({"wrpo_alph": 0.2}, str(tmp_path))
 
 
+@pytest.mark.integration
 def test_short_run_learns(target, wrpo_file, tmp_path):
     import torch
 
@@ -282,6 +275,7 @@ def _dpo_only_trainer(target: str, tmp_path: Path):
     )
 
 
+@pytest.mark.integration
 def test_entry_point_trains_counts_bad_rows_and_takes_overrides(target, wrpo_file, tmp_path, capsys):
     import json
 
@@ -315,23 +309,6 @@ def test_entry_point_config_error_is_one_line(tmp_path, capsys):
     assert str(config) in err and "wrpo.wrpo_alpha_shedule" in err and "'wrpo_alpha_schedule'" in err
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "wrpo").glob("*.yaml")), ids=lambda p: p.name)
-def test_recipes_load_into_wrpo_config(recipe, tmp_path):
-    from fusechat3.training.config import load_run_config
-    from fusechat3.training.wrpo import WRPO_COLUMNS, wrpo_config
-    from fusechat3.training.wrpo_trainer import WRPOConfig
-
-    run = load_run_config(str(recipe), "wrpo", WRPOConfig, extra_keys=("ref_model",))
-    config = wrpo_config(run.args, str(tmp_path))
-    assert run.train_files and run.train_files[0].endswith("build/wrpo.parquet")
-    assert config.wrpo_alpha == 0.1 and config.wrpo_alpha_schedule == "linear"
-    assert config.precompute_ref_log_probs is True
-    assert "source_chosen" in WRPO_COLUMNS
-    if recipe.name == "llama-3.1-8b.yaml":  # the paper's settings
-        assert (config.beta, config.learning_rate, config.num_train_epochs, config.max_length) == (0.01, 3e-7, 1, 2048)
-        assert config.lr_scheduler_type.value == "cosine" and config.warmup_steps == 0.1
-
-
 def test_source_tokenization_uses_one_prompt_for_all_three(target):
     """When prompt+source diverges from the tokenized prompt early, the row's prompt is cut there for all three
     completions (TRL's completion-start rule), and the cut-off prompt tokens start each completion."""
@@ -361,6 +338,7 @@ def test_source_tokenization_uses_one_prompt_for_all_three(target):
     assert cut["source_chosen_ids"] == full[len(prompt) - 1 :]
 
 
+@pytest.mark.integration
 def test_lora_run_with_live_reference_and_checkpoint_choice(target, wrpo_file, tmp_path):
     """LoRA: the reference is the policy with its adapter off (live); the better of the last two checkpoints wins."""
     import json
@@ -386,6 +364,7 @@ def test_lora_run_with_live_reference_and_checkpoint_choice(target, wrpo_file, t
     assert changed and all("q_proj" in k or "v_proj" in k for k in changed)  # merged: only the adapted layers
 
 
+@pytest.mark.integration
 def test_resume_continues_the_alpha_schedule(target, wrpo_file, tmp_path):
     import json
 
