@@ -35,6 +35,9 @@ TINY = [
     "dpo.max_steps=2",
     "dpo.per_device_train_batch_size=4",
     "dpo.logging_steps=1",
+    # WRPO as a stage of the run, on the target's own samples (the `target-own` source below).
+    "wrpo={max_steps: 2, per_device_train_batch_size: 4, logging_steps: 1, learning_rate: 1.0e-4, max_length: 256,"
+    " gradient_checkpointing: false, save_strategy: 'no', report_to: none}",
     "controls.sources=[gpt2-chat, mistral-math]",
     "controls.parallel=2",  # two controls at once, each in its own process
     "eval.prompts.0.args.per_domain=3",
@@ -179,7 +182,7 @@ def test_training_changed_the_target(finished_run):
     from fusechat3.recipe import resolve_model
 
     before = _weights(resolve_model("toyworld:target"))
-    for stage in ("sft", "dpo", "controls/gpt2-chat", "controls/mistral-math"):
+    for stage in ("sft", "dpo", "wrpo", "controls/gpt2-chat", "controls/mistral-math"):
         after = _weights(str(Path(run.dir.root) / stage / "model"))
         changed = sum(not (before[k] == after[k]).all() for k in before if k in after)
         assert changed > 0, f"{stage} did not change the parameters"
@@ -197,6 +200,7 @@ def test_scoreboard(finished_run):
         "target_before",
         "target_sft",
         "target_dpo",
+        "target_wrpo",
         "target_single_gpt2-chat",
         "mistral-math",
         "qwen2-code",
@@ -206,6 +210,34 @@ def test_scoreboard(finished_run):
         assert set(models[key]) == {"math", "code", "instruction", "zh", "average"}
         assert 0.0 <= models[key]["average"] <= 1.0
     assert board["n"] == {"math": 3, "code": 3, "instruction": 3, "zh": 3}
+
+
+def test_run_training_stages_take_lora_and_the_checkpoint_choice(finished_run, tmp_path):
+    """A run's training stage takes what a training config takes: LoRA (merged), held-out eval files and the
+    checkpoint choice; changing them re-runs that stage only."""
+    import shutil
+
+    from fusechat3 import stages
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run.dir.root, copy)
+    options = [
+        "sft.peft={r: 4, lora_alpha: 8, target_modules: all-linear}",
+        "sft.save_strategy=steps",
+        "sft.save_steps=1",
+        "sft.eval_strategy=steps",
+        "sft.eval_steps=1",
+        "sft.select_checkpoint={metric: eval_loss, last: 2}",
+        f"sft.eval_files=[{copy / 'build' / 'sft.parquet'}]",
+    ]
+    run = Run(_recipe(tmp_path, [f"run_dir={copy}", *options]))
+    assert run.key("build") == finished_run.key("build") and run.key("sft") != finished_run.key("sft")
+    stages.get("sft").run(run)
+    out = run.output("sft", "model")
+    assert (out / "adapter" / "adapter_config.json").is_file()  # the LoRA adapter, kept beside the merged model
+    assert "lora" not in " ".join(_weights(str(out)))  # the model itself is merged: plain weights, vLLM loads it
+    choice = json.loads((out / "checkpoint_choice.json").read_text())
+    assert choice["metric"] == "eval_loss" and len(choice["candidates"]) == 2, choice
 
 
 def test_rerun_is_a_no_op(finished_run):
