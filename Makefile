@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALL_KEY := $(shell cat pyproject.toml requirements/cpu-excludes.txt | sha1sum | cut -c1-12)
+INSTALL_KEY := $(shell cat pyproject.toml requirements/cpu-excludes.txt requirements/cpu-constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(INSTALL_KEY)
 RECIPE ?= recipes/toyworld/imf.yaml
 
@@ -17,11 +17,14 @@ install: $(STAMP)
 
 # torch goes in first and pinned, through pip (the machine's pip config knows where the
 # CPU wheel is; uv does not read it), so that nothing resolves the multi-GB CUDA build.
-$(STAMP): pyproject.toml requirements/cpu-excludes.txt
+# Every other package is held at the version of requirements/cpu-constraints.txt: an unpinned
+# library upgrade changed the toy demo's trained models once (benchmarks/RESULTS.md).
+$(STAMP): pyproject.toml requirements/cpu-excludes.txt requirements/cpu-constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/uv pip install -q --python $(BIN)/python --excludes requirements/cpu-excludes.txt -e '.[cpu,dev]'
+	$(BIN)/uv pip install -q --python $(BIN)/python --excludes requirements/cpu-excludes.txt \
+		--constraints requirements/cpu-constraints.txt -e '.[cpu,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
