@@ -64,15 +64,15 @@ def _check_training_config(path: Path, raw: dict, tmp_path: Path) -> None:
     from trl import DPOConfig, SFTConfig
 
     from fusechat3.training.config import build_trl_config, load_run_config
-    from fusechat3.training.dpo import dpo_options
-    from fusechat3.training.sft import sft_options
-    from fusechat3.training.wrpo import wrpo_options
+    from fusechat3.training.dpo import DPO
+    from fusechat3.training.sft import SFT
+    from fusechat3.training.wrpo import WRPO
     from fusechat3.training.wrpo_trainer import WRPOConfig
 
     methods = {
-        "sft": (SFTConfig, (), sft_options),
-        "dpo": (DPOConfig, ("ref_model",), dpo_options),
-        "wrpo": (WRPOConfig, ("ref_model",), wrpo_options),
+        "sft": (SFTConfig, (), SFT.options),
+        "dpo": (DPOConfig, ("ref_model",), DPO.options),
+        "wrpo": (WRPOConfig, ("ref_model",), WRPO.options),
     }
     (section,) = [s for s in TRAINING_SECTIONS if s in raw]
     config_cls, extra_keys, options = methods[section]

@@ -131,14 +131,14 @@ def test_dpo_sigmoid_norm_trains(tiny_llama, dpo_file, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fusechat3.training.data import load_parquet
-    from fusechat3.training.dpo import DPO_COLUMNS, build_dpo_trainer, dpo_config, run_dpo
+    from fusechat3.training.dpo import DPO, DPO_COLUMNS, build_dpo_trainer, dpo_config
 
     args = dict(
         FAST, loss_type=["sigmoid_norm"], beta=10.0, precompute_ref_log_probs=True, per_device_train_batch_size=2
     )
     config = dpo_config(args, str(tmp_path / "dpo"))
     assert config.loss_type == ["sigmoid_norm"]
-    out = run_dpo(tiny_llama, load_parquet([dpo_file], DPO_COLUMNS), config)
+    out = DPO.run(tiny_llama, load_parquet([dpo_file], DPO_COLUMNS), config)
 
     assert len(_changed(_weights(tiny_llama), _weights(out))) > 0
     # The policy starts equal to the (precomputed) reference: the first loss is -log σ(0) = log 2.

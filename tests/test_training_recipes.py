@@ -132,8 +132,8 @@ def test_recipe_loads_into_trl_config_with_paper_values(path, tmp_path):
     from trl import DPOConfig, SFTConfig
 
     from fusechat3.training.config import load_run_config
-    from fusechat3.training.dpo import dpo_config, dpo_options
-    from fusechat3.training.sft import sft_config, sft_options
+    from fusechat3.training.dpo import DPO, dpo_config
+    from fusechat3.training.sft import SFT, sft_config
 
     hub_id, sft_lr, loss, beta, dpo_lr = PAPER[path.parent.name]
     kind = path.stem
@@ -143,14 +143,14 @@ def test_recipe_loads_into_trl_config_with_paper_values(path, tmp_path):
         assert rc.model == hub_id
         assert config.learning_rate == sft_lr and config.num_train_epochs == 3
         assert config.completion_only_loss is True
-        build_options = sft_options
+        build_options = SFT.options
     else:
         rc = load_run_config(str(path), "dpo", DPOConfig, extra_keys=("ref_model",))
         config = dpo_config(rc.args, rc.output_dir)
         assert rc.model == f"runs/fusechat3-{path.parent.name}/sft-model"
         assert config.loss_type == [loss] and config.beta == beta and config.learning_rate == dpo_lr
         assert config.num_train_epochs == 1 and config.precompute_ref_log_probs is True
-        build_options = dpo_options
+        build_options = DPO.options
     assert config.per_device_train_batch_size * config.gradient_accumulation_steps * GPUS == 128
     assert config.max_length == 2048 and config.lr_scheduler_type == "cosine" and config.warmup_steps == 0.1
     if path.parent.name.startswith("gemma"):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fusechat3.training.data import clean_messages
-from fusechat3.training.launch import Method, TrainingOptions, main_for, train_from_files
+from fusechat3.training.launch import Method, main_for, train_from_files
 from fusechat3.training.preference import PAIR_COLUMNS, build_preference_trainer, pair_problem
 
 DPO_COLUMNS = PAIR_COLUMNS  # TRL's columns of a DPO row; the analysis columns are not read
@@ -76,19 +76,6 @@ DPO = Method(
 def dpo_config(args: dict, output_dir: str) -> Any:
     """A `trl.DPOConfig` from the `dpo:` fields; a RecipeError naming a bad key and the closest valid one."""
     return DPO.make_config(args, output_dir)
-
-
-def dpo_options(config: Any, peft: dict | None, select_checkpoint: Any, has_eval: bool) -> TrainingOptions:
-    """The checked LoRA and checkpoint-choice options of a DPO run."""
-    return DPO.options(config, peft, select_checkpoint, has_eval)
-
-
-def run_dpo(model: str, train_dataset: Any, config: Any, eval_dataset: Any | None = None, **options: Any) -> str:
-    """Train with a built `DPOConfig` on loaded datasets; save the model + tokenizer to `config.output_dir`.
-
-    `options`: `ref_model`, `peft` (LoRA) and `select_checkpoint` (the checkpoint choice).
-    """
-    return DPO.run(model, train_dataset, config, eval_dataset, **options)
 
 
 def train_dpo(

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fusechat3.training.data import clean_messages, convert_rows, load_tokenizer, message_problem, report_trl_drops
-from fusechat3.training.launch import Method, TrainingOptions, main_for, train_from_files
+from fusechat3.training.launch import Method, main_for, train_from_files
 
 SFT_COLUMNS = ("messages",)  # the TRL column of an SFT row; the analysis columns are not read
 _TRL_COLUMNS = ("prompt", "completion")
@@ -102,19 +102,6 @@ SFT = Method(
 def sft_config(args: dict, output_dir: str) -> Any:
     """A `trl.SFTConfig` from the `sft:` fields; a RecipeError naming a bad key and the closest valid one."""
     return SFT.make_config(args, output_dir)
-
-
-def sft_options(config: Any, peft: dict | None, select_checkpoint: Any, has_eval: bool) -> TrainingOptions:
-    """The checked LoRA and checkpoint-choice options of an SFT run."""
-    return SFT.options(config, peft, select_checkpoint, has_eval)
-
-
-def run_sft(model: str, train_dataset: Any, config: Any, eval_dataset: Any | None = None, **options: Any) -> str:
-    """Train with a built `SFTConfig` on loaded datasets; save the model + tokenizer to `config.output_dir`.
-
-    `options`: `peft` (the `peft:` mapping, LoRA) and `select_checkpoint` (the checkpoint choice).
-    """
-    return SFT.run(model, train_dataset, config, eval_dataset, **options)
 
 
 def train_sft(

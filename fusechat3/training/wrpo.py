@@ -24,7 +24,7 @@ from typing import Any
 
 from fusechat3.training.data import clean_messages
 from fusechat3.training.dpo import DPO_METRICS
-from fusechat3.training.launch import Method, TrainingOptions, main_for, train_from_files
+from fusechat3.training.launch import Method, main_for, train_from_files
 from fusechat3.training.preference import WRPO_COLUMNS, build_preference_trainer, pair_problem
 
 # What WRPOTrainer.evaluate() reports that can choose a checkpoint (select_checkpoint.metric): DPO's names, with
@@ -87,16 +87,6 @@ WRPO = Method(
 def wrpo_config(args: dict, output_dir: str) -> Any:
     """A `WRPOConfig` from the `wrpo:` fields; a RecipeError naming a bad key and the closest valid one."""
     return WRPO.make_config(args, output_dir)
-
-
-def wrpo_options(config: Any, peft: dict | None, select_checkpoint: Any, has_eval: bool) -> TrainingOptions:
-    """The checked LoRA and checkpoint-choice options of a WRPO run."""
-    return WRPO.options(config, peft, select_checkpoint, has_eval)
-
-
-def run_wrpo(model: str, train_dataset: Any, config: Any, eval_dataset: Any = None, **options: Any) -> str:
-    """Train with a built `WRPOConfig` on loaded datasets; save the model + tokenizer to `config.output_dir`."""
-    return WRPO.run(model, train_dataset, config, eval_dataset, **options)
 
 
 def train_wrpo(
