@@ -165,11 +165,20 @@ class CodeSpec(Section):
     workers: int = Field(0, ge=0)  # parallel sandboxes; 0: one per CPU core
 
 
+class MathSpec(Section):
+    """The math answer check (`fusechat3.scoring.math`)."""
+
+    # A response with no extractable final answer: true, incorrect (verdict no_answer, correct false: it can be a
+    # DPO rejected response, as the paper's "incorrect answers"); false, unchecked (correct null, as before).
+    no_answer_is_wrong: bool = True
+
+
 class ScoringSpec(Section):
     """How responses are scored: reward model plus correctness checks."""
 
     reward_model: RewardSpec  # required: scores every response
     code: CodeSpec = CodeSpec()  # sandbox settings for code prompts
+    math: MathSpec = MathSpec()  # the math answer check
     shard_size: int = Field(2048, ge=1)  # samples per shard: the unit of resume
 
 

@@ -569,3 +569,64 @@ def test_heldout_rows_leave_every_set_deterministically():
     assert sum(map(len, held.heldout.values())) > 0 and full.heldout == {}
     n = len(held.sft) + len(held.heldout["sft"])
     assert 0.1 < len(held.heldout["sft"]) / n < 0.5
+
+
+def _split_world(seed: int) -> tuple[list[dict], list[tuple]]:
+    """Many prompts of the three split domains, where the band and ties drop many DPO pairs."""
+    rng = random.Random(seed)
+    prompts, resps = [], []
+    for i in range(240):
+        domain = rng.choice(["instruction", "math", "code"])
+        p = prompt(domain, text=f"split {domain} {seed} {i}")
+        prompts.append(p)
+        for model in ("a", "b"):
+            for idx in range(rng.randint(0, 4)):
+                correct = None if domain == "instruction" else rng.random() < 0.6
+                text = rng.choice([None, None, None, "dup"])
+                resps.append(resp(p, model, idx, round(rng.uniform(0.05, 0.17), 3), correct, text=text))
+    return prompts, resps
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_after_rules_split_keeps_the_fraction_of_kept_rows(seed):
+    prompts, resps = _split_world(seed)
+    fractions = {"instruction": 0.4, "math": 0.7, "code": 0.5}
+    cfg = dict(sft_fraction=fractions, reward_gap=[0.01, 0.1], reward_gap_per_domain={"code": None})
+    # What each prompt can give, judged by the rules alone: every prompt to SFT, then every prompt to DPO.
+    can_sft = {r["prompt_id"] for r in build(prompts, resps, **{**cfg, "sft_fraction": ALL_SFT}).sft}
+    can_dpo = {r["prompt_id"] for r in build(prompts, resps, **{**cfg, "sft_fraction": ALL_DPO}).dpo}
+
+    after = build(prompts, resps, split="after_rules", **cfg)
+    check_accounting(after.stats)
+    assert after.stats["split_mode"] == "after_rules"
+    sft_ids, dpo_ids = {r["prompt_id"] for r in after.sft}, {r["prompt_id"] for r in after.dpo}
+    # Every prompt that can give a row gives one, of a kind it can give.
+    assert sft_ids | dpo_ids == can_sft | can_dpo and not sft_ids & dpo_ids
+    assert sft_ids <= can_sft and dpo_ids <= can_dpo
+    domain_of = {p["prompt_id"]: p["domain"] for p in prompts}
+    for d, f in fractions.items():
+        sft, dpo = after.stats["sft"][d], after.stats["dpo"][d]
+        kept = sft + dpo
+        only_sft = sum(1 for pid in can_sft - can_dpo if domain_of[pid] == d)
+        both = sum(1 for pid in can_sft & can_dpo if domain_of[pid] == d)
+        assert only_sft <= f * kept <= only_sft + both, (d, only_sft, both, kept)  # enough prompts give both
+        assert abs(sft - f * kept) <= 1, (d, sft, kept)
+        assert after.stats["kept_sft_share"][d] == round(sft / kept, 4)
+    # Deterministic and independent of the input order.
+    again = build(list(reversed(prompts)), list(reversed(resps)), split="after_rules", **cfg)
+    assert again.sft == after.sft and again.dpo == after.dpo
+    # A single-source control splits its prompts as the main build does.
+    control = build(prompts, resps, only_source="a", split="after_rules", **cfg)
+    assert {r["prompt_id"] for r in control.sft} <= sft_ids
+
+    # before_rules (the default) is unchanged: a hash split of the prompts, whatever the rules keep.
+    before = build(prompts, resps, **cfg)
+    assert before.stats["split_mode"] == "before_rules"
+    assert (before.sft, before.dpo) == (build(prompts, resps, split="before_rules", **cfg).sft, before.dpo)
+    assert all(split_of(r["prompt_id"], r["domain"], BuildingSpec(**cfg)) == "sft" for r in before.sft)
+    assert all(split_of(r["prompt_id"], r["domain"], BuildingSpec(**cfg)) == "dpo" for r in before.dpo)
+
+
+def test_split_mode_is_checked():
+    with pytest.raises(ValueError):
+        BuildingSpec(split="after")

@@ -403,4 +403,8 @@ def test_paper_data_recipe_mirrors_the_paper():
     assert by_name["qwen-2.5-math-72b"].domains == ["math"]
     assert r.building.zh_source == "qwen-2.5-72b" and r.building.reward_gap == [0.01, 0.1]
     assert r.building.sft_fraction["instruction"] == 0.4
-    assert r.scoring.reward_model.model == "RLHFlow/ArmoRM-Llama3-8B-v0.1" and r.scoring.reward_model.trust_remote_code
+    # ArmoRM is loaded by our own class (fusechat3.scoring.armorm): no remote code.
+    assert r.scoring.reward_model.model == "RLHFlow/ArmoRM-Llama3-8B-v0.1"
+    assert not r.scoring.reward_model.trust_remote_code
+    # The paper's details: code pairs have no band; the SFT:DPO ratio holds on the kept rows.
+    assert r.building.gap_for("code") is None and r.building.split == "after_rules"

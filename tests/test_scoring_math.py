@@ -9,7 +9,8 @@ import pytest
 
 from fusechat3.scoring.math import verify_math, verify_math_many
 
-CORRECT = {"passed": True, "wrong_answer": False}  # every other verdict: correct is None
+# Every other verdict: correct is None. No answer is a wrong answer (the default `no_answer_is_wrong=True`).
+CORRECT = {"passed": True, "wrong_answer": False, "no_answer": False}
 
 GSM8K_GOLD = (
     "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
@@ -62,10 +63,18 @@ CASES = [
     ("1000", "In total 1,000 people came.", "passed"),
     ("1234", "We get \\boxed{1,234}", "passed"),
     ("10,\\!080", "\\boxed{10080}", "passed"),
-    # Several boxes (math-verify's rule, see the module doc): close boxes form one set of answers, a far earlier
-    # box is dropped, a repeated box counts once.
-    ("3, 5", "\\boxed{3} and \\boxed{5}", "passed"),
+    # Several boxes: the last box is the final answer (the Qwen2.5-Math evaluation's rule, see the module doc).
+    ("3, 5", "\\boxed{3} and \\boxed{5}", "wrong_answer"),  # not a set of answers: the last box, 5
+    ("5", "\\boxed{3} and \\boxed{5}", "passed"),
     ("3", "\\boxed{3} or \\boxed{5}", "wrong_answer"),  # a hedge gets no credit
+    # A corrected answer: the final box counts, right or wrong, however close the earlier box is.
+    ("5", "\\boxed{3}, no wait: \\boxed{5}", "passed"),
+    ("3", "\\boxed{3}, no wait: \\boxed{5}", "wrong_answer"),
+    ("5", "So \\boxed{3}.\nWait, I made an error: \\boxed{5}", "passed"),
+    ("5", "\\fbox{3}. Hmm, no: \\fbox{5}", "passed"),  # \fbox is a box too
+    ("3", "\\fbox{3}. Hmm, no: \\fbox{5}", "wrong_answer"),
+    ("3", "\\boxed{3}. Wait: \\boxed{}", "no_answer"),  # the final box is empty: the earlier one was withdrawn
+    ("\\{1, 2\\}", "\\boxed{3}. Wait: \\boxed{\\{2, 1\\}}", "passed"),  # escaped braces inside the last box
     ("5", "\\boxed{5}. Check: 2 + 3 = 5, so \\boxed{5}", "passed"),
     (
         "5",
@@ -131,9 +140,15 @@ CASES = [
     (GSM8K_GOLD_DOLLARS, "She pays \\boxed{20} dollars.", "wrong_answer"),
     ("72", "My answer is 70? No, adding 48 and 24 gives 72.\n#### 72", "passed"),  # without the #### rule: 70
     ("72", "\\boxed{70}\n#### 72", "wrong_answer"),
+    # A "#### <number>" line followed by a closing remark still answers (without it: the last number, 3); a
+    # Markdown heading "#### Step 2" is not a number, so it is not read as the answer.
+    ("72", "She sold 72 clips.\n#### 72\nLet me know if you need step 3.", "passed"),
+    ("72", "#### 70\nNo, recount:\n#### 72\nDone in 2 steps.", "passed"),
+    ("5", "#### Step 2\nAdd 2 and 3 to get 5.", "passed"),
     # Gold as a worked MATH-style solution: its box is the answer.
     ("The sum is $\\boxed{\\frac{1}{2}}$.", "So it is 0.5", "passed"),
     ("The sum is $\\boxed{2\\sqrt{2}}$.", "\\boxed{2}", "wrong_answer"),
+    ("First $\\boxed{1}$, corrected: $\\boxed{\\frac{1}{2}}$.", "So it is 0.5", "passed"),  # its last box
     # Nothing to extract.
     ("72", "", "no_answer"),
     ("72", "I cannot solve this.", "no_answer"),
@@ -154,8 +169,25 @@ def test_verdict(gold: str, response: str, verdict: str) -> None:
     assert verify_math(response, gold) == _expected(verdict)
 
 
+def test_no_answer_switch() -> None:
+    # Default: a response that states no result is a wrong answer (a rejected response for DPO); with the recipe
+    # switch `scoring.math.no_answer_is_wrong: false` it is neither right nor wrong, as before.
+    assert verify_math("I cannot solve this.", "72") == (False, "no_answer")
+    assert verify_math("I cannot solve this.", "72", no_answer_is_wrong=False) == (None, "no_answer")
+    assert verify_math("", "72", no_answer_is_wrong=False) == (None, "no_answer")
+    # The other verdicts do not depend on it.
+    assert verify_math("\\boxed{72}", "72", no_answer_is_wrong=False) == (True, "passed")
+    assert verify_math("\\boxed{5}", "", no_answer_is_wrong=False) == (None, "bad_gold")
+    pairs = [("I cannot solve this.", "72"), ("\\boxed{71}", "72")]
+    assert verify_math_many(pairs, workers=1, no_answer_is_wrong=False) == [
+        (None, "no_answer"),
+        (False, "wrong_answer"),
+    ]
+    assert verify_math_many(pairs, workers=2) == [(False, "no_answer"), (False, "wrong_answer")]
+
+
 def test_odd_input_never_raises() -> None:
-    assert verify_math(None, "5") == (None, "no_answer")  # type: ignore[arg-type]
+    assert verify_math(None, "5") == (False, "no_answer")  # type: ignore[arg-type]
     assert verify_math("\\boxed{5}", None) == (None, "bad_gold")  # type: ignore[arg-type]
     assert verify_math("\\boxed{\\frac{1}{0}} \\left( \\right \\\\ }}}{{", "1")[1] in {"wrong_answer", "no_answer"}
 

@@ -1,7 +1,9 @@
 """FuseChat-3.0 selection rules: from scored samples to an SFT set and a DPO preference set.
 
 Pure Python over the row dicts of `fusechat3.schema` (Prompt, Sample, Score). For every
-prompt, a deterministic hash of its id puts it in the SFT or the DPO split, then the rule
+prompt, a deterministic hash of its id puts it in the SFT or the DPO split (`building.split:
+before_rules`), or, with `after_rules`, the split is made among the prompts that can give a row
+so that the kept rows follow `sft_fraction` (`spec.assign_after_rules`); then the rule
 of its domain picks the SFT response (best one) or the DPO pair (best vs worst of the
 *same* source, kept only if the reward gap is inside the band). Every response that can
 not be used and every prompt that gives no row is counted with a reason in
@@ -26,7 +28,7 @@ from fusechat3.building.picking import (
     sft_row,
     wrpo_row,
 )
-from fusechat3.building.spec import BuildingSpec, is_heldout, split_of
+from fusechat3.building.spec import BuildingSpec, assign_after_rules, is_heldout, split_of
 from fusechat3.errors import RecipeError, RowError
 
 
@@ -208,12 +210,13 @@ def build_sets(
     dpo_rows: list[dict] = []
     wrpo_rows: list[dict] = []
     wrpo = target_source is not None and only_source is None
+    splits = _splits_after_rules(prompts_by_id, by_prompt, scores_by_key, spec, rewarded)
 
     for pid in sorted(prompts_by_id):
         prompt = prompts_by_id[pid]
         domain = prompt["domain"]
         rule = _rule_of(domain, spec)
-        split = split_of(pid, domain, spec)
+        split = splits.get(pid) or split_of(pid, domain, spec)
         counts["prompts"][domain] += 1
         split_counts[domain][split] += 1
         if rule == "sft_only" and only_source is not None and only_source != spec.zh_source:
@@ -255,6 +258,14 @@ def build_sets(
         "dpo": {d: counts["dpo"][d] for d in domains},
         **({"wrpo": {d: counts["wrpo"][d] for d in domains}} if wrpo else {}),
         "split": {d: {"sft": split_counts[d]["sft"], "dpo": split_counts[d]["dpo"]} for d in domains},
+        "split_mode": spec.split,
+        # SFT rows / (SFT + DPO rows) per domain (held-out rows included): sft_fraction, with after_rules.
+        "kept_sft_share": {
+            d: round(counts["sft"][d] / (counts["sft"][d] + counts["dpo"][d]), 4)
+            if counts["sft"][d] + counts["dpo"][d]
+            else None
+            for d in domains
+        },
         **{
             name: {d: dict(sorted(c.items())) for d, c in per.items()}
             for name, per in reasons.items()
@@ -273,6 +284,37 @@ def build_sets(
             rows[:] = [r for r in rows if not is_heldout(r["prompt_id"], spec)]
         stats["heldout"] = {name: len(rows) for name, rows in heldout.items()}
     return BuildResult(sft=sft_rows, dpo=dpo_rows, stats=stats, wrpo=wrpo_rows, heldout=heldout)
+
+
+def _splits_after_rules(
+    prompts_by_id: dict[str, dict],
+    by_prompt: dict[str, list[dict]],
+    scores_by_key: dict,
+    spec: BuildingSpec,
+    rewarded: set[str],
+) -> dict[str, str]:
+    """`building.split: after_rules`: the split of every prompt of a domain with both SFT and DPO rules ({} with
+    `before_rules`). What a prompt can give is judged on every source's responses, whatever `only_source` says,
+    so that a single-source control run splits its prompts as the main build does."""
+    if spec.split != "after_rules":
+        return {}
+    options: dict[str, dict[str, tuple[bool, bool]]] = defaultdict(dict)
+    for pid, prompt in prompts_by_id.items():
+        domain = prompt["domain"]
+        rule = _rule_of(domain, spec)
+        if rule == "sft_only":
+            continue
+        scratch = {"invalid": {domain: Counter()}, "ignored": {domain: Counter()}}  # counted in the main pass
+        resps = _usable(by_prompt.get(pid, []), scores_by_key, rule, domain in rewarded, None, scratch, domain)
+        band = spec.gap_for(domain) if domain in rewarded else None
+        options[domain][pid] = (
+            pick_sft(resps, rule, domain)[0] is not None,
+            pick_pair(resps, rule, domain, band)[0] is not None,
+        )
+    out: dict[str, str] = {}
+    for domain, opts in options.items():
+        out.update(assign_after_rules(opts, float(spec.sft_fraction[domain]), spec))
+    return out
 
 
 def _usable(

@@ -3,9 +3,22 @@ section), and the two hashes that place a prompt: the SFT/DPO split and the held
 
 Both hashes are of (seed, prompt_id), never Python's random order: a prompt lands in the same
 set on every machine and every re-run, whatever else the prompt set holds.
+
+Two ways to split (`building.split`):
+
+- `before_rules`: each prompt goes to SFT when its hash falls under the domain's `sft_fraction`,
+  before the rules run: `sft_fraction` is the share of *prompts*; the rows the rules then drop
+  (DPO loses more: ties, the reward band) tilt the kept rows towards SFT.
+- `after_rules` (the paper: its kept instruction rows are exactly 4:6): the rules first say, for
+  every prompt, whether it can give an SFT row and whether it can give a DPO pair; then
+  `assign_after_rules` places the prompts so that the *kept* rows are SFT:DPO = `sft_fraction`
+  as closely as whole rows allow (see there). Deterministic, by the same hash.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Literal
 
 from pydantic import field_validator
 
@@ -34,6 +47,9 @@ class BuildingSpec(Section):
     # Fraction of the prompts whose rows are held out of training, in build/<set>-heldout.parquet: the
     # held-out data of the training stages' evaluation and checkpoint choice. 0: none.
     heldout_fraction: float = 0.0
+    # before_rules: sft_fraction is the share of each domain's prompts, split by hash before the rules run;
+    # after_rules: the share of the kept rows, the split made among the prompts that survive the rules (the paper).
+    split: Literal["before_rules", "after_rules"] = "before_rules"
 
     @field_validator("sft_fraction")
     @classmethod
@@ -79,9 +95,39 @@ def split_of(prompt_id: str, domain: str, spec: BuildingSpec) -> str:
             f"building.sft_fraction has no entry for domain {domain!r}; add one, e.g. `{domain}: 0.4` "
             "(the fraction of its prompts that go to SFT, the rest to DPO)"
         )
+    return "sft" if split_hash(prompt_id, spec) < float(spec.sft_fraction[domain]) else "dpo"
+
+
+def split_hash(prompt_id: str, spec: BuildingSpec) -> float:
+    """The split's hash of (seed, prompt_id), uniform in [0, 1): 64 bits of a stable hash."""
     digest = schema.stable_hash({"seed": spec.seed, "prompt_id": prompt_id}, length=16)
-    u = int(digest, 16) / 16**16  # uniform in [0, 1): 64 bits of the hash
-    return "sft" if u < float(spec.sft_fraction[domain]) else "dpo"
+    return int(digest, 16) / 16**16
+
+
+def assign_after_rules(options: dict[str, tuple[bool, bool]], fraction: float, spec: BuildingSpec) -> dict[str, str]:
+    """`after_rules`: the split of one domain's prompts, from what each can give, `{prompt_id: (sft_ok, dpo_ok)}`.
+
+    A prompt that can give only an SFT row goes to SFT, only a DPO pair to DPO; the K prompts that can give a row
+    are the kept rows. SFT gets round(fraction * K) of them, as near as the prompts allow (at least the SFT-only
+    ones, at most those plus the prompts that can give both): the prompts that can give both fill it in the order
+    of their split hash (lowest first, as `split_of` sends low hashes to SFT), the rest of them go to DPO. So the
+    kept SFT rows are within half a row of fraction * K whenever enough prompts can give both. A prompt that can
+    give neither is placed by `split_of`'s hash, only to name its drop reason.
+    """
+    both = sorted((pid for pid, (s, d) in options.items() if s and d), key=lambda pid: (split_hash(pid, spec), pid))
+    sft_only = sum(1 for s, d in options.values() if s and not d)
+    kept = sum(1 for s, d in options.values() if s or d)
+    n_sft = min(max(math.floor(fraction * kept + 0.5), sft_only), sft_only + len(both))
+    to_sft = set(both[: n_sft - sft_only])
+    out = {}
+    for pid, (s, d) in options.items():
+        if s and d:
+            out[pid] = "sft" if pid in to_sft else "dpo"
+        elif s or d:
+            out[pid] = "sft" if s else "dpo"
+        else:
+            out[pid] = "sft" if split_hash(pid, spec) < fraction else "dpo"
+    return out
 
 
 def is_heldout(prompt_id: str, spec: BuildingSpec) -> bool:

@@ -76,6 +76,7 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
                 timeout_s=recipe.scoring.code.timeout_s,
                 memory_mb=recipe.scoring.code.memory_mb,
                 workers=recipe.scoring.code.workers,
+                no_answer_is_wrong=recipe.scoring.math.no_answer_is_wrong,
             )
             rows = [
                 {
@@ -143,6 +144,7 @@ def _settings(run: Run, part: str | None) -> dict:
         "model": run.model_key(part),
         "sampler": _how_sampled(run, part),
         "code": as_dict(run.recipe.scoring.code),
+        "math": as_dict(run.recipe.scoring.math),
     }
 
 

@@ -93,6 +93,17 @@ def finite(x: Any) -> bool:
     return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
 
 
+def _sft_rows_with_heldout(data: RunData) -> list[dict]:
+    """The build's SFT rows, the held-out ones (build/sft-heldout.parquet) included."""
+    import pyarrow.parquet as pq
+
+    rows = list(data.sets.get("sft", []))
+    held = data.run.output("build", "heldout", set="sft")
+    if held.is_file():
+        rows += pq.read_table(held, columns=["prompt_id"]).to_pylist()
+    return rows
+
+
 def dpo_gaps(data: RunData) -> dict[str, list[tuple[str, str, float]]]:
     """(prompt_id, source, gap) for every DPO-split prompt and source that could make a pair, per banded domain.
 
@@ -100,6 +111,11 @@ def dpo_gaps(data: RunData) -> dict[str, list[tuple[str, str, float]]]:
     of the source's responses (reward rule), or highest reward of a correct response minus
     lowest reward of an incorrect one (math, code). Responses the rules can not use (no finite
     reward, truncated, empty) are left out, as the build leaves them out.
+
+    The DPO split: by `split_of` with `building.split: before_rules`; with `after_rules` (the split made after
+    the rules) every prompt without an SFT row (training or held-out). That is the build's split for every prompt
+    with a candidate pair here: such a prompt has a usable (correct) response, so it could give an SFT row, and
+    it went to SFT exactly when it has one.
     """
     from fusechat3.building.picking import CORRECTNESS_DOMAINS
     from fusechat3.building.spec import split_of
@@ -114,10 +130,20 @@ def dpo_gaps(data: RunData) -> dict[str, list[tuple[str, str, float]]]:
         if domain not in banded or s["model"] == own or not finite(s["reward"]) or s.get("truncated") or s.get("empty"):
             continue
         groups[(s["prompt_id"], s["model"])].append((float(s["reward"]), s["correct"]))
+    if cfg.split == "after_rules":
+        sft_ids = {r["prompt_id"] for r in _sft_rows_with_heldout(data)}
+
+        def in_dpo(pid: str, domain: str) -> bool:
+            return pid not in sft_ids
+    else:
+
+        def in_dpo(pid: str, domain: str) -> bool:
+            return split_of(pid, domain, cfg) == "dpo"
+
     out: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
     for (pid, model), resps in sorted(groups.items()):
         domain = data.domain(pid)
-        if split_of(pid, domain, cfg) != "dpo":
+        if not in_dpo(pid, domain):
             continue
         if domain in CORRECTNESS_DOMAINS:
             good = [r for r, c in resps if c is True]

@@ -6,18 +6,23 @@ convention, keeps math-verify's timeouts working, and turns its result into a ve
 
 - `(True, "passed")`: the extracted answer equals the gold answer;
 - `(False, "wrong_answer")`: an answer was found and it differs;
-- `(None, "no_answer")`: no answer could be extracted from the response (or the response is not text);
+- `(False, "no_answer")`: no answer could be extracted from the response (or the response is not text): a
+  response that never states a result is an incorrect one (the paper's rejected math responses are "incorrect
+  answers"); `no_answer_is_wrong=False` (recipe `scoring.math.no_answer_is_wrong: false`) makes it
+  `(None, "no_answer")`, neither right nor wrong, as before;
 - `(None, "timeout")`: parsing or comparing took longer than `timeout_s` (e.g. `\\boxed{9^{9^{9^{9^{9}}}}}`), so
   the answer is neither right nor wrong; only reported where timeouts are on (see below);
 - `(None, "bad_gold")`: the gold answer itself cannot be parsed, a data problem, counted apart from the model's.
 
-Which answer is read from a response, first rule that finds one wins:
+One final answer is read from a response and compared with the gold, first rule that finds one wins:
 
-1. a `\\boxed{...}`. With several boxes math-verify takes the last one together with the boxes just before it
-   that are close (under 10 characters apart, or under 70 with "and", "or", "," or ";" between them), read as
-   one set of answers: `\\boxed{3} and \\boxed{5}` is {3, 5}, right for the gold `3, 5` and wrong for `3` or `5`
-   (a hedge gets no credit); a box repeated (`\\boxed{5} ... \\boxed{5}`) counts once;
-2. GSM8K style: a response whose last line is `#### <answer>` answers what follows the last `####`;
+1. the LAST `\\boxed{...}` (or `\\fbox{...}`) of the response, its braces balanced, as the math evaluation of
+   the FuseChat-3.0 authors (the Qwen2.5-Math evaluation toolkit) grades it: a response that boxes 3, corrects
+   itself and boxes 5 answers 5; `\\boxed{3} and \\boxed{5}` answers 5 too (a hedge gets no credit). A last box
+   whose content does not parse (`\\boxed{}`) is no answer: the earlier boxes were not the final answer;
+2. GSM8K style: the `#### <answer>` line: the response's last line when it holds `####` (what follows the last
+   `####`), else the last line that is `####` followed by a plain number (a Markdown heading `#### Step 2` is
+   not a number, so it is not read as an answer);
 3. math-verify's anchors ("final answer is ...", "answer: ..."), then the last LaTeX or plain number/expression.
 
 Spellings math-verify misreads are rewritten first, in responses and gold answers alike: `\\boxed {x}` as
@@ -27,7 +32,7 @@ the currency sign `\\$` is dropped and the Unicode minus `\u2212` becomes `-`.
 Gold answers: a bare answer (`42`, `\\frac{\\sqrt{3}}{2}`, `x^2+1`) is parsed as LaTeX inside `$...$`, since
 unwrapped, `2\\sqrt{2}` would parse as `2` and match `\\boxed{2}`; a full GSM8K answer (rationale, then
 `#### 1,000`) is reduced to what follows its last `####`; thousands separators (`1,000`) are removed; a gold that
-holds a `\\boxed{}` (a worked MATH-style solution) is read like a response, by its box.
+holds a `\\boxed{}` (a worked MATH-style solution) is read like a response, by its last box.
 
 Timeouts: math-verify bounds each parse / comparison with `signal.alarm`, which only works in a process's main
 thread. It swallows its timeouts by default (a timed-out comparison reads as "different"); here they are raised
@@ -61,6 +66,10 @@ _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+\.\d+[eE][+-]?\d{1,2}|\d+[eE]\+?\d{1,2})(?!\w)")
 # "\boxed {x}": valid LaTeX, but math-verify's box patterns want the brace right after the command.
 _SPACED_BOX = re.compile(r"\\(boxed|fbox)\s+\{")
+# The opening of a box, "\boxed{" or "\fbox{" (after `_normalise`, no space before the brace).
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\{")
+# A GSM8K answer line anywhere in a response: "#### 72", "#### $1,000.", "#### -3.5".
+_GSM8K_NUMBER_LINE = re.compile(r"^[ \t]*####[ \t]*\$?[ \t]*(-?[\d,]*\.?\d+)[ \t]*\.?[ \t]*$", re.MULTILINE)
 # Below this many pairs, `verify_math_many(workers=None)` called from the main thread checks in-process: the
 # timeouts work there, and starting a pool (whose fork server imports sympy) costs more than the checks.
 _POOL_MIN_PAIRS = 32
@@ -131,18 +140,44 @@ def _gold_answer(gold: str) -> str:
     return _strip_thousands(_normalise(gold).strip().strip("$").strip().rstrip(".").strip())
 
 
-def _gsm8k_tail(response: str) -> str | None:
-    """What follows the last `####` when it sits on the response's last line (GSM8K's answer format), else None.
+def _last_box(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` / `\\fbox{...}` whose braces balance, else None (rule 1)."""
+    for m in reversed(list(_BOX_OPEN.finditer(text))):
+        depth = 1
+        for i in range(m.end(), len(text)):
+            if text[i] == "{" and text[i - 1] != "\\":
+                depth += 1
+            elif text[i] == "}" and text[i - 1] != "\\":
+                depth -= 1
+                if depth == 0:
+                    return text[m.end() : i]
+    return None
 
-    Only the last line counts, so that a Markdown `#### Step 2` heading in the middle of a solution is not read
-    as an answer; a box anywhere takes precedence (rule 1 of the module doc).
+
+def _gsm8k_tail(response: str) -> str | None:
+    """The answer of the response's `#### <answer>` line (rule 2 of the module doc), else None.
+
+    What follows the last `####` when it sits on the response's last line; else the last line that is `####` and a
+    plain number (GSM8K's answers are numbers), so that a closing remark after the answer line does not hide it
+    while a Markdown `#### Step 2` heading in the middle of a solution is still not read as an answer.
     """
-    if "\\boxed" in response or "####" not in response:
+    if "####" not in response:
         return None
     tail = response.rsplit("####", 1)[1].strip()
-    if not tail or "\n" in tail:
-        return None
-    return _strip_thousands(tail.strip("$ ").rstrip(".").strip())
+    if tail and "\n" not in tail:
+        return _strip_thousands(tail.strip("$ ").rstrip(".").strip())
+    lines = _GSM8K_NUMBER_LINE.findall(response)
+    return _strip_thousands(lines[-1]) if lines else None
+
+
+def _final_answer(text: str, config: list[Any], limit: int | None) -> list[Any]:
+    """math-verify's parses of the one final answer of a (normalised) response: rules 1-3 of the module doc."""
+    box = _last_box(text)
+    if box is not None:
+        return _parse(f"\\boxed{{{box}}}", config, limit) if box.strip() else []
+    tail = _gsm8k_tail(text)
+    answer = _parse(tail, config, limit) if tail else []
+    return answer if _has_expression(answer) else _parse(text, config, limit)
 
 
 def _equal(gold: list[Any], answer: list[Any], limit: int | None) -> bool:
@@ -168,22 +203,24 @@ def _equal(gold: list[Any], answer: list[Any], limit: int | None) -> bool:
     return False
 
 
-def verify_math(response: str, gold: str, *, timeout_s: float = 5) -> Verdict:
+def verify_math(response: str, gold: str, *, timeout_s: float = 5, no_answer_is_wrong: bool = True) -> Verdict:
     """Check the final answer of `response` against `gold`; never raises on odd input (see the module doc).
 
     `timeout_s` bounds each parse and comparison (whole seconds, rounded up) in the main thread; in any other thread
-    there is no timeout.
+    there is no timeout. `no_answer_is_wrong`: a response with no answer is `(False, "no_answer")`, else
+    `(None, "no_answer")`.
     """
+    no_answer: Verdict = (False if no_answer_is_wrong else None, "no_answer")
     if not isinstance(gold, str) or not gold.strip():
         return None, "bad_gold"
     if not isinstance(response, str) or not response.strip():
-        return None, "no_answer"
+        return no_answer
     gold_latex, gold_expr, config = _configs()
     limit = _limit(timeout_s)
     try:
         if "\\boxed" in gold:
-            # A worked solution (MATH style) rather than a bare answer: its box is the answer.
-            gold_parsed = _parse(_normalise(gold), config, limit)
+            # A worked solution (MATH style) rather than a bare answer: its (last) box is the answer.
+            gold_parsed = _final_answer(_normalise(gold), config, limit)
         else:
             bare = _gold_answer(gold)
             gold_parsed = _parse(f"${bare}$", gold_latex, limit) if bare else []
@@ -193,25 +230,24 @@ def verify_math(response: str, gold: str, *, timeout_s: float = 5) -> Verdict:
         # with nothing but that did not parse.
         if not _has_expression(gold_parsed):
             return None, "bad_gold"
-        response = _normalise(response)
-        tail = _gsm8k_tail(response)
-        answer = _parse(tail, config, limit) if tail else []
-        if not _has_expression(answer):
-            answer = _parse(response, config, limit)
+        answer = _final_answer(_normalise(response), config, limit)
         if not answer:
-            return None, "no_answer"
+            return no_answer
         ok = _equal(gold_parsed, answer, limit)
     except _Timeout:
         return None, "timeout"
     return (True, "passed") if ok else (False, "wrong_answer")
 
 
-def _verify_chunk(pairs: list[tuple[str, str]], timeout_s: float) -> list[Verdict]:
-    return [verify_math(response, gold, timeout_s=timeout_s) for response, gold in pairs]
+def _verify_chunk(pairs: list[tuple[str, str]], timeout_s: float, no_answer_is_wrong: bool = True) -> list[Verdict]:
+    return [
+        verify_math(response, gold, timeout_s=timeout_s, no_answer_is_wrong=no_answer_is_wrong)
+        for response, gold in pairs
+    ]
 
 
 def verify_math_many(
-    pairs: list[tuple[str, str]], *, workers: int | None = None, timeout_s: float = 5
+    pairs: list[tuple[str, str]], *, workers: int | None = None, timeout_s: float = 5, no_answer_is_wrong: bool = True
 ) -> list[Verdict]:
     """`verify_math` over (response, gold) pairs, in order.
 
@@ -233,7 +269,7 @@ def verify_math_many(
     else:
         use_pool = workers > 1 and len(pairs) > 1
     if not use_pool:
-        return _verify_chunk(pairs, timeout_s)
+        return _verify_chunk(pairs, timeout_s, no_answer_is_wrong)
 
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -246,5 +282,5 @@ def verify_math_many(
     # Only takes effect if this process has not started its fork server yet; otherwise workers import lazily.
     ctx.set_forkserver_preload([__name__, "math_verify"])
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        results = pool.map(_verify_chunk, chunks, [timeout_s] * len(chunks))
+        results = pool.map(_verify_chunk, chunks, [timeout_s] * len(chunks), [no_answer_is_wrong] * len(chunks))
         return [verdict for chunk in results for verdict in chunk]

@@ -1,6 +1,11 @@
 """The "transformers" reward backend (the default): any `AutoModelForSequenceClassification` with one output,
 or a custom-code reward model whose output carries a `score` field (ArmoRM-style, `trust_remote_code`).
 
+ArmoRM (a config whose `architectures` is `LlamaForRewardModelWithGating`, e.g. `RLHFlow/ArmoRM-Llama3-8B-v0.1`)
+is always loaded by the native class of `fusechat3.scoring.armorm`, whatever `trust_remote_code` says: its
+published remote code does not load under transformers 5, and without remote code the Auto classes would
+take it for a plain Llama classifier (its config says `model_type: "llama"`).
+
 - Conversations are sorted by length (longest first, so an out-of-memory shows up at once) and cut into
   batches under a token budget (rows x longest <= `max_tokens_per_batch`, at most `batch_size` rows), padded
   on the right; results go back in input order. The model's own pooling reads the score at the last non-pad
@@ -14,10 +19,23 @@ torch and transformers are imported inside the methods.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from fusechat3.scoring.reward import RewardModel, register_reward, token_budget_batches
+
+log = logging.getLogger(__name__)
+
+
+def _names_armorm(model: str, load: dict[str, Any]) -> bool:
+    """Whether `model`'s config.json names ArmoRM's architecture (read without running any remote code)."""
+    from transformers import PreTrainedConfig
+
+    from fusechat3.scoring.armorm import is_armorm
+
+    config, _ = PreTrainedConfig.get_config_dict(model, revision=load.get("revision"))
+    return is_armorm(config)
 
 
 @register_reward("transformers")
@@ -30,9 +48,19 @@ class TransformersRewardModel(RewardModel):
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or ("float32" if device == "cpu" else "auto")
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.name, dtype=dtype, device_map="auto" if device == "auto" else None, **load
-        )
+        device_map = "auto" if device == "auto" else None
+        if _names_armorm(self.name, load):
+            from fusechat3.scoring.armorm import load_armorm
+
+            if load.get("trust_remote_code"):
+                log.info("reward model %s: trust_remote_code ignored, ArmoRM is loaded natively", self.name)
+            self.model = load_armorm(
+                self.name, revision=load.get("revision"), tokenizer=self.tokenizer, dtype=dtype, device_map=device_map
+            )
+        else:
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                self.name, dtype=dtype, device_map=device_map, **load
+            )
         if device != "auto":
             self.model.to(device)
         self.model.eval()

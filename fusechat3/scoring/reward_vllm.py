@@ -5,6 +5,10 @@ code), with the same rendering, length check and verdicts as every backend (`fus
 The reward is the classifier's raw logit (vLLM's `classify` would apply a sigmoid / softmax by default).
 vLLM batches and schedules the sequences itself: `batch_size` and `max_tokens_per_batch` are not used, nor
 is `device` (vLLM's choice); `engine_kwargs` go to `vllm.LLM`. vLLM and torch are imported inside methods.
+
+ArmoRM (`architectures: [LlamaForRewardModelWithGating]`, e.g. `RLHFlow/ArmoRM-Llama3-8B-v0.1`) is refused in
+one line before any engine starts: vLLM has no pooler for its prompt-gated multi-objective head (it would pool
+it as a plain Llama); it needs `backend: transformers` (`fusechat3.scoring.armorm`).
 """
 
 from __future__ import annotations
@@ -15,19 +19,29 @@ from fusechat3.errors import UserError
 from fusechat3.scoring.reward import RewardModel, register_reward
 from fusechat3.vllm_engine import close_llm, open_llm
 
+ARMORM_ARCHITECTURE = "LlamaForRewardModelWithGating"  # fusechat3.scoring.armorm.ARCHITECTURE (imports torch)
+
 
 @register_reward("vllm")
 class VllmRewardModel(RewardModel):
     """`RewardModel(model, backend="vllm", dtype=..., engine_kwargs={...})`; `.llm` is the engine."""
 
     llm: Any = None
+    _architectures: list[str] = []
 
     def _load(self, load: dict[str, Any], *, device: str | None, dtype: str | None) -> Any:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.name, **load)
+        config = AutoConfig.from_pretrained(self.name, **load)
+        self._architectures = list(getattr(config, "architectures", None) or [])
+        return config
 
     def _start(self, load: dict[str, Any], *, dtype: str | None, engine_kwargs: dict[str, Any]) -> None:
+        if ARMORM_ARCHITECTURE in self._architectures:  # before any engine starts (outside _load's "cannot load")
+            raise UserError(
+                f"reward model {self.name!r} is ArmoRM ({ARMORM_ARCHITECTURE}), which vLLM cannot pool (its score is "
+                "a prompt-gated mix of several objectives); set scoring.reward_model.backend: transformers"
+            )
         kwargs: dict[str, Any] = {"max_model_len": self.max_length}
         if dtype:
             kwargs["dtype"] = dtype

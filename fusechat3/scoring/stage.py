@@ -100,6 +100,7 @@ def _score_chunk(recipe, rm, chunk: list[dict], prompts: dict[str, dict]) -> lis
                 timeout_s=recipe.scoring.code.timeout_s,
                 memory_mb=recipe.scoring.code.memory_mb,
                 workers=recipe.scoring.code.workers,
+                no_answer_is_wrong=recipe.scoring.math.no_answer_is_wrong,
             ),
             strict=True,
         )

@@ -20,8 +20,13 @@ def verify_many(
     timeout_s: float = 10.0,
     memory_mb: int = 1024,
     workers: int = 0,
+    no_answer_is_wrong: bool = True,
 ) -> list[tuple[bool | None, str]]:
-    """(correct, verdict) for each (prompt row, response text) pair, in order."""
+    """(correct, verdict) for each (prompt row, response text) pair, in order.
+
+    `no_answer_is_wrong`: a math response with no final answer is `(False, "no_answer")`, else `(None, "no_answer")`
+    (recipe `scoring.math.no_answer_is_wrong`).
+    """
     from fusechat3.scoring.code import extract_code, run_tests_many
     from fusechat3.scoring.math import verify_math_many
 
@@ -46,7 +51,7 @@ def verify_many(
     if math_idx:
         pairs = [(texts[i], prompts[i]["gold"]) for i in math_idx]
         distinct = list(dict.fromkeys(pairs))
-        verdicts = dict(zip(distinct, verify_math_many(distinct), strict=True))
+        verdicts = dict(zip(distinct, verify_math_many(distinct, no_answer_is_wrong=no_answer_is_wrong), strict=True))
         for i, pair in zip(math_idx, pairs, strict=True):
             out[i] = verdicts[pair]
     if code_jobs:
