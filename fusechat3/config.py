@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from fusechat3.errors import RecipeError
 
@@ -37,6 +37,19 @@ class Section(BaseModel):
     """A settings section: unknown keys are errors, values are not coerced across types."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def in_range(lo: float, hi: float, *, open_low: bool = False) -> AfterValidator:
+    """A number field's check that it lies in [lo, hi] ((lo, hi] with `open_low`), for `Annotated[float, ...]`;
+    the message states the interval: `must be in (0, 1], got 0.0`."""
+    interval = f"{'(' if open_low else '['}{lo:g}, {hi:g}]"
+
+    def check(value: float) -> float:
+        if not (lo < value if open_low else lo <= value) or value > hi:
+            raise ValueError(f"must be in {interval}, got {value}")
+        return value
+
+    return AfterValidator(check)
 
 
 class KeyProblem(ValueError):

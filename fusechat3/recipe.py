@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, field_validator, model_validator
 
 from fusechat3.building.spec import BuildingSpec
 from fusechat3.config import (
@@ -25,6 +25,7 @@ from fusechat3.config import (
     Section,
     apply_overrides,
     did_you_mean,
+    in_range,
     parse_yaml,
     read_yaml,
     show,
@@ -46,6 +47,17 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MODEL_REF = "must be a local path, a Hub id or 'toyworld:<asset>', got ''"
 
 
+def _simple_name(what: str) -> AfterValidator:
+    """A name that becomes a folder of the run directory: letters, digits, '_', '.', '-'."""
+
+    def check(value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(f"must be a simple {what} (letters, digits, '_', '.', '-'), got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
 def _model_ref(value: str) -> str:
     if not value:
         raise ValueError(_MODEL_REF)
@@ -63,20 +75,13 @@ class BuilderSpec(Section):
     # After the shared filters, keep this fraction of the spec's rows, then at most `limit` of them,
     # chosen by a hash of prompt_id and the recipe seed (deterministic); null limit: no cap.
     limit: int | None = Field(None, ge=1)
-    fraction: float = 1.0
+    fraction: Annotated[float, in_range(0, 1, open_low=True)] = 1.0
 
     @field_validator("builder")
     @classmethod
     def _named(cls, value: str) -> str:
         if not value:
             raise ValueError("must name a data builder, got ''")
-        return value
-
-    @field_validator("fraction")
-    @classmethod
-    def _fraction(cls, value: float) -> float:
-        if not 0.0 < value <= 1.0:
-            raise ValueError(f"must be in (0, 1], got {value}")
         return value
 
 
@@ -90,7 +95,7 @@ class DecontaminationSpec(Section):
 class SourceSpec(Section):
     """A source LLM whose responses are fused into the target."""
 
-    name: str  # short unique name; it is the `model` column of Sample and Score rows
+    name: Annotated[str, _simple_name("name")]  # short unique name; the `model` column of Sample and Score rows
     model: str  # local path, Hub id, or "toyworld:<asset>" (openai backend: the served model name)
     sampling: GenParams = GenParams()  # how this source is sampled
     domains: list[str] | None = Field(None, min_length=1)  # domains this source is sampled on (null: all)
@@ -107,13 +112,6 @@ class SourceSpec(Section):
     role: Literal["source", "target"] = "source"
 
     _check_model = field_validator("model")(_model_ref)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError(f"must be a simple name (letters, digits, '_', '.', '-'), got {value!r}")
-        return value
 
     @field_validator("backend")
     @classmethod
@@ -220,7 +218,7 @@ class EvalSpec(Section):
 class Recipe(Section):
     """One run: prompts, sources, scoring, building, target training, evaluation."""
 
-    name: str  # run name; the run directory defaults to runs/<name>
+    name: Annotated[str, _simple_name("folder name")]  # run name; the run directory defaults to runs/<name>
     prompts: list[BuilderSpec] = Field(min_length=1)  # prompt builders whose rows are concatenated
     sources: list[SourceSpec]  # source LLMs (at least one with role: source; names unique)
     scoring: ScoringSpec  # reward model and correctness checks
@@ -240,13 +238,6 @@ class Recipe(Section):
     decontamination: DecontaminationSpec | None = None
 
     _path: str = PrivateAttr("")  # the YAML file this recipe came from (set by the loader; not hashed)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError(f"must be a simple folder name (letters, digits, '_', '.', '-'), got {value!r}")
-        return value
 
     @field_validator("sources")
     @classmethod

@@ -18,68 +18,41 @@ Two ways to split (`building.split`):
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import field_validator
+from pydantic import AfterValidator
 
 from fusechat3 import schema
-from fusechat3.config import KeyProblem, Section
+from fusechat3.config import Section, in_range
 from fusechat3.errors import RecipeError
 
 
-def _check_band(band: list[float] | None) -> list[float] | None:
-    if band is not None and (len(band) != 2 or not 0 <= band[0] <= band[1]):
+def _check_band(band: list[float]) -> list[float]:
+    if len(band) != 2 or not 0 <= band[0] <= band[1]:
         raise ValueError(f"must be two numbers [lo, hi] with 0 <= lo <= hi, got {band}")
     return band
+
+
+Band = Annotated[list[float], AfterValidator(_check_band)]  # a reward-gap band [lo, hi]
 
 
 class BuildingSpec(Section):
     """The FuseChat-3.0 selection rules that turn scored samples into SFT and DPO sets."""
 
     # Fraction of each domain's prompts that go to SFT; the rest go to DPO (paper: 4:6).
-    sft_fraction: dict[str, float] = {"instruction": 0.4, "math": 0.4, "code": 0.4}
+    sft_fraction: dict[str, Annotated[float, in_range(0, 1)]] = {"instruction": 0.4, "math": 0.4, "code": 0.4}
     # [lo, hi]: keep a DPO pair if lo <= reward gap <= hi (FuseChat-3.0: [0.01, 0.1] on ArmoRM's scale); null: no band.
-    reward_gap: list[float] | None = [0.01, 0.1]
-    reward_gap_per_domain: dict[str, list[float] | None] = {}  # per-domain band; null: no band for that domain
+    reward_gap: Band | None = [0.01, 0.1]
+    reward_gap_per_domain: dict[str, Band | None] = {}  # per-domain band; null: no band for that domain
     sft_only_domains: list[str] = ["zh"]  # domains that give SFT rows only
     zh_source: str | None = None  # the one source whose responses make the SFT-only rows (must name a source)
     seed: int = 0  # seed of the SFT/DPO prompt split and of the held-out share
     # Fraction of the prompts whose rows are held out of training, in build/<set>-heldout.parquet: the
     # held-out data of the training stages' evaluation and checkpoint choice. 0: none.
-    heldout_fraction: float = 0.0
+    heldout_fraction: Annotated[float, in_range(0, 0.5)] = 0.0
     # before_rules: sft_fraction is the share of each domain's prompts, split by hash before the rules run;
     # after_rules: the share of the kept rows, the split made among the prompts that survive the rules (the paper).
     split: Literal["before_rules", "after_rules"] = "before_rules"
-
-    @field_validator("sft_fraction")
-    @classmethod
-    def _fractions(cls, value: dict[str, float]) -> dict[str, float]:
-        for domain, fraction in value.items():
-            if not 0.0 <= fraction <= 1.0:
-                raise KeyProblem(domain, f"must be in [0, 1], got {fraction}")
-        return value
-
-    @field_validator("reward_gap")
-    @classmethod
-    def _band(cls, value: list[float] | None) -> list[float] | None:
-        return _check_band(value)
-
-    @field_validator("reward_gap_per_domain")
-    @classmethod
-    def _bands(cls, value: dict[str, list[float] | None]) -> dict[str, list[float] | None]:
-        for domain, band in value.items():
-            try:
-                _check_band(band)
-            except ValueError as e:
-                raise KeyProblem(domain, str(e)) from None
-        return value
-
-    @field_validator("heldout_fraction")
-    @classmethod
-    def _heldout(cls, value: float) -> float:
-        if not 0.0 <= value <= 0.5:
-            raise ValueError(f"must be in [0, 0.5], got {value}")
-        return value
 
     def gap_for(self, domain: str) -> list[float] | None:
         """The reward-gap band of a domain's DPO pairs (None: no band)."""

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from fusechat3.config import Section
+from fusechat3.config import Section, in_range
 
 
 class GenParams(Section):
@@ -22,19 +22,12 @@ class GenParams(Section):
     # Override n by domain (paper: 8 for code, 1 for zh).
     n_per_domain: dict[str, Annotated[int, Field(ge=1)]] = {}
     temperature: float = Field(0.8, ge=0.0)  # softmax temperature; 0 is greedy
-    top_p: float = 0.95  # nucleus sampling mass, in (0, 1]
+    top_p: Annotated[float, in_range(0, 1, open_low=True)] = 0.95  # nucleus sampling mass
     top_k: int = Field(-1, ge=-1)  # keep the k most likely tokens; -1 (or 0) turns it off
     repetition_penalty: float = Field(1.0, gt=0.0)  # > 1 discourages repeats (the paper uses 1.05 for Qwen)
     max_tokens: int = Field(2048, ge=1)  # longest response, in tokens
     seed: int = 0  # base seed: each prompt is sampled with a seed derived from it and its prompt_id
     stop: list[str] = []  # extra stop strings besides the chat template's end token
-
-    @field_validator("top_p")
-    @classmethod
-    def _top_p(cls, value: float) -> float:
-        if not 0.0 < value <= 1.0:
-            raise ValueError(f"must be in (0, 1], got {value}")
-        return value
 
     @field_validator("stop")
     @classmethod
