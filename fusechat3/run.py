@@ -25,6 +25,9 @@ from fusechat3.store import RunDir, Stage
 class Run:
     recipe: Recipe
     started: float = field(default_factory=time.time)
+    # Stage keys computed so far: a key reads the keys of every stage before it (and the prompts stage's key
+    # stats its local files), and a run asks for the same keys many times (each part, each evaluated model).
+    _keys: dict[str, str] = field(default_factory=dict, repr=False)
 
     @cached_property
     def dir(self) -> RunDir:
@@ -53,10 +56,12 @@ class Run:
 
     def key(self, name: str) -> str:
         """The key of stage (or part) `name`: its settings and the keys of the stages it reads."""
-        stage = stages.get(name)
-        part = name.partition("/")[2] or None
-        reads = {read: [self.key(p) for p in self.parts(read)] for read in stage.reads}
-        return recipe_hash({"reads": reads, "settings": stage.settings(self, part)})
+        if name not in self._keys:
+            stage = stages.get(name)
+            part = name.partition("/")[2] or None
+            reads = {read: [self.key(p) for p in self.parts(read)] for read in stage.reads}
+            self._keys[name] = recipe_hash({"reads": reads, "settings": stage.settings(self, part)})
+        return self._keys[name]
 
     # ------------------------------------------------------------------ outputs
 

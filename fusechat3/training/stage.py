@@ -128,27 +128,13 @@ def _data(run: Run, name: str, **fields: str) -> list[str]:
 # --------------------------------------------------------------------------- the stages
 
 
-def run_sft(run: Run) -> None:
-    r = run.recipe
-    _train(run, SFT.name, "sft", resolve_model(r.target.model), _data(run, "sft"), r.sft, data="sft")
-
-
-def run_dpo(run: Run) -> None:
-    _train(run, DPO.name, "dpo", model_dir(run, SFT.name), _data(run, "dpo"), run.recipe.dpo, data="dpo")
-
-
-def run_wrpo(run: Run) -> None:
-    require_enabled(run, WRPO)
-    _train(run, WRPO.name, "wrpo", model_dir(run, SFT.name), _data(run, "wrpo"), run.recipe.wrpo, data="wrpo")
-
-
 def run_controls(run: Run) -> None:
     names = control_sources(run.recipe)
     if not names:
         log("controls: off in this recipe (controls.enabled: false)")
         return
     # Same budget as the fused SFT: its number of optimizer steps, whatever the row count.
-    steps = _trainer_state(Path(model_dir(run, SFT.name))).get("global_step")
+    steps = _trainer_state(Path(model_dir(run, "sft"))).get("global_step")
     if not steps:
         raise StoreError(f"{run.output(SFT.name, 'model')} has no trainer_state.json: re-run `{run.how(SFT.name)}`")
     args = {k: v for k, v in _trl_args(run, run.recipe.sft).items() if k != "num_train_epochs"}
@@ -199,75 +185,78 @@ def _train_child(run: Run, source: str, files: list[str], args: dict, threads: i
 # --------------------------------------------------------------------------- checks and declarations
 
 
-def _checker(stage_name: str, method: str, section_of: Any) -> Any:
-    """A check of a training stage's settings with TRL's own config class, before the run starts anything."""
-
-    def check(run: Run) -> None:
-        section = section_of(run.recipe)
-        m = _method(method)
-        has_eval = section.eval_files is not None or run.recipe.building.heldout_fraction > 0
-        try:
-            config = m.make_config(_trl_args(run, section), str(run.output(stage_name, "model")))
-            m.options(config, section.peft, section.select_checkpoint, has_eval)
-        except UserError as e:
-            raise type(e)(f"{run.recipe.path or 'recipe'}: {e}") from None
-
-    return check
+def _check(run: Run, name: str) -> None:
+    """Check training stage `name`'s settings with TRL's own config class, before the run starts anything."""
+    section = getattr(run.recipe, name)
+    method = _method(name)
+    has_eval = section.eval_files is not None or run.recipe.building.heldout_fraction > 0
+    try:
+        config = method.make_config(_trl_args(run, section), str(run.output(name, "model")))
+        method.options(config, section.peft, section.select_checkpoint, has_eval)
+    except UserError as e:
+        raise type(e)(f"{run.recipe.path or 'recipe'}: {e}") from None
 
 
-def _settings(section_of: Any) -> Any:
-    return lambda run, part: {"section": as_dict(section_of(run.recipe)), "seed": run.recipe.seed}
+def _settings(run: Run, section: str, from_target: bool) -> dict:
+    """What a training stage's key depends on: its section, the seed, and the model it starts from (the target's
+    reference; a stage that starts from the SFT model has the SFT stage's key among its reads)."""
+    out = {"section": as_dict(getattr(run.recipe, section)), "seed": run.recipe.seed}
+    return {**out, "target": run.recipe.target.model} if from_target else out
+
+
+def _training_stage(name: str, help: str, *, from_target: bool, config_example: str, **extra: Any) -> StageDef:
+    """A stage that trains with the method of the same name (sft, dpo, wrpo) on the build's set of that name,
+    from the target (SFT) or from the SFT stage's model (DPO, WRPO), with the recipe's section of that name."""
+
+    def run_stage(run: Run) -> None:
+        require_enabled(run, stage)
+        model = resolve_model(run.recipe.target.model) if from_target else model_dir(run, "sft")
+        _train(run, name, name, model, _data(run, name), getattr(run.recipe, name), data=name)
+
+    stage = StageDef(
+        name=name,
+        help=help,
+        run=run_stage,
+        reads=("build",) if from_target else ("build", "sft"),
+        settings=lambda run, part: _settings(run, name, from_target),
+        outputs=_TRAINING_OUTPUTS,
+        models=lambda recipe: {f"target_{name}": None},
+        check=lambda run: _check(run, name),
+        config_entry=f"fusechat3.training.{name}",
+        config_example=config_example,
+        **extra,
+    )
+    return stage
 
 
 _TRAINING_OUTPUTS = {"model": "model"}
 
-SFT = StageDef(
-    name="sft",
-    help="SFT of the target on the SFT set (TRL); or train from a training config (model: + sft:)",
-    run=run_sft,
-    reads=("build",),
-    settings=lambda run, part: {**_settings(lambda r: r.sft)(run, part), "target": run.recipe.target.model},
-    outputs=_TRAINING_OUTPUTS,
-    models=lambda recipe: {"target_sft": None},
-    check=_checker("sft", "sft", lambda r: r.sft),
-    config_entry="fusechat3.training.sft",
+SFT = _training_stage(
+    "sft",
+    "SFT of the target on the SFT set (TRL); or train from a training config (model: + sft:)",
+    from_target=True,
     config_example="recipes/fusechat3/llama-3.1-8b/sft.yaml",
 )
-
-DPO = StageDef(
-    name="dpo",
-    help="DPO of the SFT model on the DPO set (TRL; e.g. length-normalized); or from a config (model: + dpo:)",
-    run=run_dpo,
-    reads=("build", "sft"),
-    settings=_settings(lambda r: r.dpo),
-    outputs=_TRAINING_OUTPUTS,
-    models=lambda recipe: {"target_dpo": None},
-    check=_checker("dpo", "dpo", lambda r: r.dpo),
-    config_entry="fusechat3.training.dpo",
+DPO = _training_stage(
+    "dpo",
+    "DPO of the SFT model on the DPO set (TRL; e.g. length-normalized); or from a config (model: + dpo:)",
+    from_target=False,
     config_example="recipes/fusechat3/llama-3.1-8b/dpo.yaml",
 )
-
-WRPO = StageDef(
-    name="wrpo",
-    help="WRPO of the SFT model on the WRPO triplets (TRL); or from a config (model: + wrpo:)",
-    run=run_wrpo,
-    reads=("build", "sft"),
-    settings=_settings(lambda r: r.wrpo),
-    outputs=_TRAINING_OUTPUTS,
+WRPO = _training_stage(
+    "wrpo",
+    "WRPO of the SFT model on the WRPO triplets (TRL); or from a config (model: + wrpo:)",
+    from_target=False,
+    config_example="recipes/wrpo/llama-3.1-8b.yaml",
     enabled=lambda recipe: recipe.wrpo is not None,
     disabled_reason="the recipe has no `wrpo:` section (it also needs a source with role: target)",
-    models=lambda recipe: {"target_wrpo": None},
-    check=_checker("wrpo", "wrpo", lambda r: r.wrpo),
-    config_entry="fusechat3.training.wrpo",
-    config_example="recipes/wrpo/llama-3.1-8b.yaml",
 )
-
 CONTROLS = StageDef(
     name="controls",
     help="single-source control runs (same SFT budget, one source's data)",
     run=run_controls,
     reads=("build", "sft"),
-    settings=lambda run, part: {**_settings(lambda r: r.sft)(run, part), "target": run.recipe.target.model},
+    settings=lambda run, part: _settings(run, "sft", from_target=True),
     parts=control_sources,
     outputs=_TRAINING_OUTPUTS,
     enabled=lambda recipe: bool(control_sources(recipe)),
