@@ -179,6 +179,16 @@ class ScoringSpec(Section):
     math: MathSpec = MathSpec()  # the math answer check
     shard_size: int = Field(2048, ge=1)  # samples per shard: the unit of resume
 
+    @property
+    def checks(self) -> dict:
+        """The correctness checks' settings, as `scoring.verify.verify_many` takes them (score and eval stages)."""
+        return {
+            "timeout_s": self.code.timeout_s,
+            "memory_mb": self.code.memory_mb,
+            "workers": self.code.workers,
+            "no_answer_is_wrong": self.math.no_answer_is_wrong,
+        }
+
 
 class ModelSpec(Section):
     """The target model that is trained."""

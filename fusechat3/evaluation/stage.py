@@ -73,10 +73,7 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
             checks = verify_many(
                 prompts,
                 texts,
-                timeout_s=recipe.scoring.code.timeout_s,
-                memory_mb=recipe.scoring.code.memory_mb,
-                workers=recipe.scoring.code.workers,
-                no_answer_is_wrong=recipe.scoring.math.no_answer_is_wrong,
+                **recipe.scoring.checks,
             )
             rows = [
                 {

@@ -46,7 +46,7 @@ def run_sample(run: Run, source: str | None = None, shard: tuple[int, int] | Non
     """Sample every source (or one), every shard (or those with index % n == i)."""
     recipe = run.recipe
     specs = [recipe.source(source)] if source else list(recipe.sources)  # an unknown name: one line
-    prompts = run.read(SAMPLE.reads[0])
+    prompts = run.read("prompts")
     for spec in specs:
         _sample_source(run, spec, prompts, shard)
     write_summary(run)
@@ -54,7 +54,7 @@ def run_sample(run: Run, source: str | None = None, shard: tuple[int, int] | Non
 
 def _check_prompts(run: Run, rows: list[dict]) -> None:
     """A broken prompts stage (hand-edited, from another version) is one line, before any model loads."""
-    where = str(run.output(SAMPLE.reads[0], "rows"))
+    where = str(run.output("prompts", "rows"))
     for i, row in enumerate(rows):
         try:
             check_prompt(row, where=f"{where}: row {i}, prompt")

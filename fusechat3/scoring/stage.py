@@ -97,10 +97,7 @@ def _score_chunk(recipe, rm, chunk: list[dict], prompts: dict[str, dict]) -> lis
             verify_many(
                 [chunk_prompts[i] for i in unique],
                 [chunk[i]["text"] for i in unique],
-                timeout_s=recipe.scoring.code.timeout_s,
-                memory_mb=recipe.scoring.code.memory_mb,
-                workers=recipe.scoring.code.workers,
-                no_answer_is_wrong=recipe.scoring.math.no_answer_is_wrong,
+                **recipe.scoring.checks,
             ),
             strict=True,
         )
