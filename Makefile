@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 INSTALL_KEY := $(shell cat pyproject.toml requirements/cpu-excludes.txt requirements/cpu-constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(INSTALL_KEY)
 RECIPE ?= recipes/toyworld/imf.yaml
+# `make demo SEED=1`: the same run with another seed (the sources' samples and the trainings).
+SEED ?= 0
 
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -29,9 +31,9 @@ $(STAMP): pyproject.toml requirements/cpu-excludes.txt requirements/cpu-constrai
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/fusechat3 run $(RECIPE)
-	$(BIN)/fusechat3 report $(RECIPE)
-	$(BIN)/fusechat3 push $(RECIPE) --local-dir
+	$(BIN)/fusechat3 run $(RECIPE) --set seed=$(SEED)
+	$(BIN)/fusechat3 report $(RECIPE) --set seed=$(SEED)
+	$(BIN)/fusechat3 push $(RECIPE) --set seed=$(SEED) --local-dir
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

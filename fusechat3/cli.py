@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--only", nargs="+", help="build only these models (e.g. target reward)")
     b.add_argument("--jobs", type=int, default=2, help="models trained at once, one thread each (default 2)")
+    j = tws.add_parser("judge", help="the reward model's pairwise accuracy on held-out (right, near-miss) pairs")
+    j.add_argument("--model", default="toyworld:reward", help="the reward model (default: toyworld:reward)")
     return p
 
 
@@ -81,6 +83,24 @@ def _train_from_config(module: str, path: str, overrides: list[str]) -> int:
     """Run `python -m <module> --config <path> --set ...` in this process; its exit code."""
     argv = ["--config", path] + [arg for item in overrides for arg in ("--set", item)]
     return importlib.import_module(module).main(argv)
+
+
+def _toyworld(args: argparse.Namespace) -> int:
+    if args.toy_command == "judge":
+        from fusechat3.recipe import resolve_model
+        from fusechat3.toyworld.judge import pairwise_accuracy
+
+        acc = pairwise_accuracy(resolve_model(args.model))
+        kinds = ", ".join(f"{k} {v:.1%}" for k, v in acc["per_kind"].items())
+        print(f"{args.model}: pairwise accuracy {acc['accuracy']:.1%} on {acc['pairs']} held-out (right, near-miss) "
+              f"pairs of {acc['prompts']} evaluation prompts ({kinds})")
+        return 0
+    from pathlib import Path
+
+    from fusechat3.toyworld.build import build
+
+    build(Path(args.out) if args.out else None, seed=args.seed, only=args.only, jobs=args.jobs)
+    return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -91,12 +111,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if is_training_config(args.recipe, stage.name):
             return _train_from_config(stage.config_entry, args.recipe, args.overrides)
     if args.command == "toyworld":
-        from pathlib import Path
-
-        from fusechat3.toyworld.build import build
-
-        build(Path(args.out) if args.out else None, seed=args.seed, only=args.only, jobs=args.jobs)
-        return 0
+        return _toyworld(args)
 
     from fusechat3.recipe import load_recipe
     from fusechat3.run import Run

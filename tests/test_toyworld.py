@@ -87,11 +87,11 @@ def test_build_trains_and_saves_loadable_models(tmp_path):
 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from fusechat3.toyworld.build import REWARD_SPEC, SPECS, build
+    from fusechat3.toyworld.build import REWARD_SPEC, SPECS, Learn, build
 
     tiny = [
-        dataclasses.replace(SPECS[1], steps=3, data={"code": (None, 40), "zh": (None, 20)}),
-        dataclasses.replace(REWARD_SPEC, steps=3, data={"instruction": (None, 40)}),
+        dataclasses.replace(SPECS[1], steps=3, data={"code": Learn(None, 40), "zh": Learn(("num",), 20, 0.5)}),
+        dataclasses.replace(REWARD_SPEC, steps=3, data={"instruction": Learn(None, 40)}),
     ]
     build(tmp_path, specs=tiny, jobs=2, log=lambda *_: None)
     lm = tmp_path / "qwen2-code"
@@ -101,3 +101,58 @@ def test_build_trains_and_saves_loadable_models(tmp_path):
     assert card["spec"]["steps"] == 3 and card["parameters"] > 0
     rm = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward")
     assert rm.config.num_labels == 1 and rm.config.pad_token_id is not None
+
+
+@pytest.mark.parametrize("domain", sorted(T.FAMILIES))
+def test_near_misses_are_wrong_and_well_formed(domain):
+    import random
+
+    from fusechat3.scoring.math import verify_math
+    from fusechat3.toyworld.mistakes import near_miss
+
+    rng = random.Random(0)
+    for t in T.split_tasks(domain, 200, "pretrain"):
+        miss = near_miss(t, rng)
+        assert miss != t.response and miss.strip()
+        if domain == "math":
+            assert verify_math(miss, t.gold)[0] is False
+        elif domain == "code":  # still Python, defining the asked function
+            env: dict = {}
+            exec(miss.strip("`").removeprefix("python\n"), env)
+            assert callable(env[t.meta["name"]])
+
+
+def test_sources_are_generalists_with_noisy_answers_outside_their_specialty():
+    from fusechat3.toyworld.build import SPECS, _training_tasks
+
+    for spec in SPECS:
+        if spec.role != "source":
+            continue
+        tasks = _training_tasks(spec, 0)
+        for domain in ("math", "code", "instruction"):
+            rows = [t for t in tasks if t.domain == domain]
+            ideal = {t.prompt: t.response for t in T.split_tasks(domain, len(rows), "pretrain", families=spec.data[domain].families)}
+            wrong = sum(t.response != ideal[t.prompt] for t in rows) / len(rows)
+            assert abs(wrong - spec.data[domain].noise) < 0.03, (spec.name, domain, wrong)
+            families = {t.family for t in rows}
+            assert families == set(T.FAMILIES[domain]) if domain in spec.specialty else len(families) < len(T.FAMILIES[domain])
+
+
+def test_judge_pairs_are_held_out_and_the_shipped_judge_ranks_them():
+    from fusechat3.toyworld.judge import pairwise_accuracy, reward_pairs
+    from fusechat3.toyworld.mistakes import INSTRUCTION_KINDS
+
+    train = {p for p, *_ in reward_pairs(2000, 0)}
+    held = reward_pairs(T.EVAL_N, 0, split="eval")
+    assert not train & {p for p, *_ in held}
+    assert {k for *_, k in held} == set(INSTRUCTION_KINDS) and all(good != bad for _, good, bad, _ in held)
+    acc = pairwise_accuracy(resolve_model("toyworld:reward"), n=40)
+    assert acc["pairs"] == 40 * len(INSTRUCTION_KINDS) and acc["accuracy"] >= 0.95, acc
+
+
+def test_judge_command_prints_the_accuracy(capsys):
+    from fusechat3.cli import main
+
+    assert main(["toyworld", "judge"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("toyworld:reward: pairwise accuracy ") and "800 held-out" in line and "swap" in line

@@ -1,9 +1,10 @@
 """Build the toy world's models deterministically from a seed: `fusechat3 toyworld build`.
 
-Three source models of different architectures and tokenizers, each a specialist of one
-domain (plus a little of every domain's common family); a weaker target that knows only
-the common families; and a tiny reward model (a real ...ForSequenceClassification) that
-scores instruction responses. The models are small enough (under 1M parameters) to train
+Three source models of different architectures and tokenizers, generalists each best at one
+domain (`SPECS`: every kind of task of its specialty, part of the others, with near-miss
+answers mixed in outside the specialty); a weaker target that knows only one common kind of
+task per domain; and a tiny reward model (a real ...ForSequenceClassification, `judge.py`)
+that scores instruction responses. The models are small enough (under 1M parameters) to train
 in minutes on 2 CPU cores, and are trained for real: weights with too small a std give
 near-uniform logits, useless for sampling.
 
@@ -14,6 +15,7 @@ the target later, in the pipeline itself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -23,9 +25,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fusechat3.toyworld import tasks as T
+from fusechat3.toyworld.mistakes import near_miss
 from fusechat3.toyworld.tokenizers import build_tokenizer
 
 ASSETS = Path(__file__).parent / "assets"
+
+
+@dataclass(frozen=True)
+class Learn:
+    """What a model is trained on in one domain: `n` examples of `families` (None: all of the
+    domain's), a `noise` fraction of them answered with a near miss (`mistakes.near_miss`)."""
+
+    families: tuple[str, ...] | None
+    n: int
+    noise: float = 0.0
 
 
 @dataclass
@@ -37,8 +50,7 @@ class ModelSpec:
     tokenizer: str  # char | bpe | bpe-digits
     vocab_size: int
     template: str
-    # domain -> (families or None for all, number of training examples)
-    data: dict[str, tuple[tuple[str, ...] | None, int]]
+    data: dict[str, Learn]  # domain (or "general") -> what is learnt of it
     steps: int = 1300
     lr: float = 3e-3
     batch_size: int = 32
@@ -49,11 +61,22 @@ class ModelSpec:
     intermediate: int = 256
     role: str = "source"  # source | target | reward
     specialty: list[str] = field(default_factory=list)
+    # reward model: steps of causal-LM training on right answers before the pairwise training
+    # (a real reward model starts from an instruct model, not from random weights)
+    pretrain_steps: int = 0
 
 
-def _common(n: int) -> dict[str, tuple[tuple[str, ...], int]]:
-    return {d: ((f,), n) for d, f in T.COMMON.items()}
-
+# The sources are generalists in the paper's regime: each is trained on every domain it answers,
+# but knows its specialty whole (every family, few mistakes) and the other domains only in part
+# (some families, and a third of those answers wrong). So at the sampling temperature a source is
+# right 85-97% of the time on its specialty and 20-60% elsewhere, with varied samples: best-vs-worst
+# pairs of one source carry signal in every domain, and each source knows families the others miss.
+SPECIALTY_NOISE = 0.05
+OTHER_NOISE = 0.35
+OTHER_N = 8000
+# Copying words from the prompt, the skill under every instruction task, as any chat model has it.
+GENERAL = Learn(None, 3000)
+SOURCE_STEPS = 1800
 
 SPECS: list[ModelSpec] = [
     ModelSpec(
@@ -62,7 +85,14 @@ SPECS: list[ModelSpec] = [
         tokenizer="bpe-digits",
         vocab_size=400,
         template="mistral",
-        data={**_common(1500), "math": (None, 40000)},
+        data={
+            "math": Learn(None, 30000, SPECIALTY_NOISE),
+            "code": Learn(("sum", "max"), OTHER_N, OTHER_NOISE),
+            "instruction": Learn(("reverse", "upper", "repeat"), 12000, OTHER_NOISE),
+            "general": GENERAL,
+            "zh": Learn(("word",), 2000, OTHER_NOISE),
+        },
+        steps=SOURCE_STEPS,
         specialty=["math"],
     ),
     ModelSpec(
@@ -71,7 +101,14 @@ SPECS: list[ModelSpec] = [
         tokenizer="bpe",
         vocab_size=1000,
         template="chatml",
-        data={**_common(1500), "code": (None, 30000), "zh": (None, 10000)},
+        data={
+            "code": Learn(None, 24000, SPECIALTY_NOISE),
+            "zh": Learn(None, 8000, SPECIALTY_NOISE),
+            "math": Learn(("add", "sub"), OTHER_N, OTHER_NOISE),
+            "instruction": Learn(("reverse", "first", "last"), 12000, OTHER_NOISE),
+            "general": GENERAL,
+        },
+        steps=SOURCE_STEPS,
         kv_heads=2,
         specialty=["code", "zh"],
     ),
@@ -83,7 +120,14 @@ SPECS: list[ModelSpec] = [
         tokenizer="bpe",
         vocab_size=600,
         template="plain",
-        data={**_common(1500), "instruction": (None, 40000)},
+        data={
+            "instruction": Learn(None, 30000, SPECIALTY_NOISE),
+            "math": Learn(("add", "mul"), OTHER_N, OTHER_NOISE),
+            "code": Learn(("sum", "count_even", "times"), OTHER_N, OTHER_NOISE),
+            "zh": Learn(("num",), 2000, OTHER_NOISE),
+            "general": GENERAL,
+        },
+        steps=SOURCE_STEPS,
         specialty=["instruction"],
     ),
     ModelSpec(
@@ -93,7 +137,7 @@ SPECS: list[ModelSpec] = [
         vocab_size=1000,
         template="llama3",
         # The common families a little, plus the general skill of copying from the prompt.
-        data={**_common(400), "general": (None, 3000)},
+        data={**{d: Learn((f,), 400) for d, f in T.COMMON.items()}, "general": Learn(None, 3000)},
         steps=1200,
         kv_heads=2,
         role="target",
@@ -105,9 +149,11 @@ REWARD_SPEC = ModelSpec(
     tokenizer="bpe",
     vocab_size=600,
     template="llama3",
-    data={"instruction": (None, 40000)},
+    data={"instruction": Learn(None, 40000)},  # 40,000 (right, near miss) pairs
     steps=3000,
+    pretrain_steps=1300,
     lr=2e-3,
+    batch_size=16,  # pairs: 32 sequences a step
     kv_heads=2,
     role="reward",
 )
@@ -147,7 +193,7 @@ def _config(spec: ModelSpec, tok, num_labels: int | None = None):
     return cfg
 
 
-def _new_model(spec: ModelSpec, tok, reward: bool = False):
+def new_model(spec: ModelSpec, tok, reward: bool = False):
     import transformers as tf
 
     cfg = _config(spec, tok, num_labels=1 if reward else None)
@@ -174,7 +220,7 @@ def _encode_pair(tok, prompt: str, response: str) -> tuple[list[int], list[int]]
     return tok(p, add_special_tokens=False)["input_ids"], tok(full[len(p) :], add_special_tokens=False)["input_ids"]
 
 
-def _as_served(tok, spec: ModelSpec):
+def as_served(tok, spec: ModelSpec):
     """The tokenizer as `AutoTokenizer` (and so vLLM and TRL) will load it next to this
     model's config. Some model types get a tokenizer class of their own on load (qwen2 ->
     Qwen2Tokenizer, with its own pre-tokenizer), so training data is encoded with the
@@ -190,17 +236,24 @@ def _as_served(tok, spec: ModelSpec):
 
 
 def _training_tasks(spec: ModelSpec, seed: int) -> list[T.Task]:
+    """The model's training examples; a `noise` fraction of a domain's answered with near misses."""
     out: list[T.Task] = []
-    for domain, (families, n) in sorted(spec.data.items()):
+    for domain, learn in sorted(spec.data.items()):
         if domain == "general":
-            out += T.general_tasks(n, seed)
-        else:
-            out += T.split_tasks(domain, n, "pretrain", seed=seed, families=families)
+            out += T.general_tasks(learn.n, seed)
+            continue
+        tasks = T.split_tasks(domain, learn.n, "pretrain", seed=seed, families=learn.families)
+        if learn.noise > 0:
+            rng = random.Random(f"noise:{spec.name}:{domain}:{seed}")
+            tasks = [
+                dataclasses.replace(t, response=near_miss(t, rng)) if rng.random() < learn.noise else t for t in tasks
+            ]
+        out += tasks
     return out
 
 
 def train_lm(spec: ModelSpec, seed: int, log=print):
-    """Train one causal LM of the toy world; returns (model, tokenizer, stats)."""
+    """Train one causal LM of the toy world; returns (model, tokenizer)."""
     import torch
 
     torch.manual_seed(seed)
@@ -208,18 +261,44 @@ def train_lm(spec: ModelSpec, seed: int, log=print):
     corpus = [t.prompt + "\n" + t.response for t in tasks] + [
         t.prompt + "\n" + t.response for d in T.FAMILIES for t in T.split_tasks(d, 300, "pretrain", seed=seed + 1)
     ]
-    tok = _as_served(build_tokenizer(spec.tokenizer, spec.vocab_size, spec.template, corpus), spec)
-    model = _new_model(spec, tok)
-    examples = [_encode_pair(tok, t.prompt, t.response) for t in tasks]
-    _fit(model, examples, spec, seed, tok.pad_token_id, log, reward_labels=None)
+    tok = as_served(build_tokenizer(spec.tokenizer, spec.vocab_size, spec.template, corpus), spec)
+    model = new_model(spec, tok)
+    fit_lm(model, tok, tasks, spec, seed, log)
     return model, tok
 
 
-def _fit(model, examples, spec: ModelSpec, seed: int, pad_id: int, log, reward_labels=None):
-    """The training loop: AdamW, warmup + cosine, loss on response tokens only
-    (or BCE on the score for the reward model)."""
+def fit_lm(model, tok, tasks: list[T.Task], spec: ModelSpec, seed: int, log) -> None:
+    """Causal-LM training on `tasks`, the loss on the answer tokens only."""
+    examples = [_encode_pair(tok, t.prompt, t.response) for t in tasks]
+
+    def loss_of(idx: list[int]):
+        ids, mask = batch([examples[i][0] + examples[i][1] for i in idx], tok.pad_token_id)
+        labels = ids.new_full(ids.shape, -100)
+        for r, i in enumerate(idx):
+            p, a = examples[i]
+            labels[r, len(p) : len(p) + len(a)] = ids.new_tensor(a)
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    fit(model, len(examples), spec, seed, loss_of, log)
+
+
+def batch(seqs: list[list[int]], pad_id: int):
+    """Right-padded input ids and attention mask of token sequences."""
     import torch
-    import torch.nn.functional as F
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
+def fit(model, n_examples: int, spec: ModelSpec, seed: int, loss_of, log) -> None:
+    """The training loop: AdamW, warmup + cosine, `spec.steps` batches of `spec.batch_size`
+    examples drawn with replacement; `loss_of(indices)` is the batch's loss."""
+    import torch
 
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -227,25 +306,10 @@ def _fit(model, examples, spec: ModelSpec, seed: int, pad_id: int, log, reward_l
     t0 = time.time()
     ema = None
     for step in range(spec.steps):
-        idx = [rng.randrange(len(examples)) for _ in range(spec.batch_size)]
-        seqs = [examples[i][0] + examples[i][1] for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-        for r, (i, s) in enumerate(zip(idx, seqs, strict=True)):
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
-            if reward_labels is None:
-                labels[r, len(examples[i][0]) : len(s)] = torch.tensor(examples[i][1])
+        idx = [rng.randrange(n_examples) for _ in range(spec.batch_size)]
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, spec.steps, spec.lr)
-        if reward_labels is None:
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        else:
-            score = model(input_ids=ids, attention_mask=mask).logits[:, 0]
-            target = torch.tensor([reward_labels[i] for i in idx], dtype=torch.float)
-            loss = F.binary_cross_entropy_with_logits(score, target)
+        loss = loss_of(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -254,75 +318,6 @@ def _fit(model, examples, spec: ModelSpec, seed: int, pad_id: int, log, reward_l
         if (step + 1) % 250 == 0 or step + 1 == spec.steps:
             log(f"  {spec.name}: step {step + 1}/{spec.steps} loss {ema:.4f} ({time.time() - t0:.0f}s)")
     model.eval()
-
-
-# ---------------------------------------------------------------- reward model
-
-
-def reward_examples(n: int, seed: int) -> list[tuple[str, str, float]]:
-    """(prompt, response, label) for the toy reward model: the exact answer is 1, near
-    misses and wrong formats are 0. The corruptions look like what a weak model writes."""
-    rng = random.Random(f"reward:{seed}")
-    out: list[tuple[str, str, float]] = []
-    others = [t.response for d in ("math", "code", "zh") for t in T.split_tasks(d, 200, "pretrain", seed=seed + 7)]
-    for t in T.split_tasks("instruction", n, "pretrain", seed=seed + 11):
-        words, times = t.meta["words"], t.meta["times"]
-        good = t.response
-        out.append((t.prompt, good, 1.0))
-        bad = rng.choice(["family", "drop", "swap", "replace", "repeat", "repeat", "copy", "other", "extra", "cut"])
-        if bad == "family":
-            fam = rng.choice([f for f in T.INSTRUCTION_FAMILIES if f != t.family])
-            resp = T.instruction_answer(fam, words, times)
-        elif bad == "drop" and len(good.split()) > 1:
-            parts = good.split()
-            parts.pop(rng.randrange(len(parts)))
-            resp = " ".join(parts)
-        elif bad == "swap" and len(good.split()) > 1:
-            parts = good.split()
-            i, j = rng.sample(range(len(parts)), 2)
-            parts[i], parts[j] = parts[j], parts[i]
-            resp = " ".join(parts)
-        elif bad == "replace":
-            parts = good.split() or [good]
-            parts[rng.randrange(len(parts))] = rng.choice(T.WORDS)
-            resp = " ".join(parts)
-        elif bad == "repeat" and len(good.split()) > 1:  # a word written twice: the typical slip of a small model
-            parts = good.split()
-            i = rng.randrange(1, len(parts))
-            parts[i] = parts[i - 1]
-            resp = " ".join(parts)
-        elif bad == "copy":
-            resp = " ".join(words)
-        elif bad == "extra":
-            resp = good + " " + rng.choice(T.WORDS)
-        elif bad == "cut":
-            resp = good[: max(1, len(good) // 2)]
-        else:
-            resp = rng.choice(others)
-        if resp != good:
-            out.append((t.prompt, resp, 0.0))
-    return out
-
-
-def train_reward(spec: ModelSpec, seed: int, log=print):
-    import torch
-
-    torch.manual_seed(seed)
-    (_, n) = spec.data["instruction"]
-    data = reward_examples(n, seed)
-    tok = _as_served(
-        build_tokenizer(spec.tokenizer, spec.vocab_size, spec.template, [p + "\n" + r for p, r, _ in data]), spec
-    )
-    model = _new_model(spec, tok, reward=True)
-    examples, labels = [], []
-    for p, r, y in data:
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
-        )
-        examples.append((tok(text, add_special_tokens=False)["input_ids"], []))
-        labels.append(y)
-    _fit(model, examples, spec, seed, tok.pad_token_id, log, reward_labels=labels)
-    return model, tok
 
 
 # ---------------------------------------------------------------- build all
@@ -356,6 +351,8 @@ def _build_one(spec: ModelSpec, out_dir: Path, seed: int, threads: int) -> float
     t0 = time.time()
     print(f"toyworld: training {spec.name} ({spec.arch}, {spec.tokenizer} tokenizer, {spec.steps} steps)", flush=True)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
+    from fusechat3.toyworld.judge import train_reward
+
     model, tok = train_reward(spec, seed, log) if spec.role == "reward" else train_lm(spec, seed, log)
     _save(model, tok, spec, out_dir / spec.name, seed, time.time() - t0)
     return time.time() - t0
@@ -386,7 +383,7 @@ def build(
         raise ValueError(f"toyworld build: unknown model(s) {unknown}; use {[s.name for s in every]}")
     specs = [s for s in every if not only or s.name in only]
     # Longest first, so that the workers finish together.
-    specs.sort(key=lambda s: -s.steps * sum(n for _, n in s.data.values()))
+    specs.sort(key=lambda s: -s.steps * s.batch_size)
     t_all = time.time()
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) as pool:
         futures = {s.name: pool.submit(_build_one, s, out_dir, seed, 1 if jobs > 1 else 2) for s in specs}

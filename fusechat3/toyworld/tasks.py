@@ -69,7 +69,7 @@ def _math(family: str, rng: random.Random) -> Task:
     else:
         raise ValueError(f"unknown math family {family!r}")
     resp = f"{expr} = {ans}. The answer is \\boxed{{{ans}}}."
-    return Task("math", family, q, resp, gold=str(ans))
+    return Task("math", family, q, resp, gold=str(ans), meta={"expr": expr, "ans": ans})
 
 
 # ---------------------------------------------------------------- code
@@ -102,7 +102,8 @@ def _code(family: str, rng: random.Random) -> Task:
     # Like LeetCode prompts, the prompt shows one example; the other tests stay hidden.
     q = f"Write a Python function {name}({arg}) that {spec}. Example: {name}({calls[0][0]!r}) == {calls[0][1]!r}"
     tests = tuple(f"assert {name}({xs!r}) == {want!r}" for xs, want in calls)
-    return Task("code", family, q, f"```python\n{code}\n```", tests=tests)
+    meta = {"name": name, "arg": arg, "k": k}
+    return Task("code", family, q, f"```python\n{code}\n```", tests=tests, meta=meta)
 
 
 # ---------------------------------------------------------------- instruction
@@ -192,6 +193,7 @@ def _zh(family: str, rng: random.Random) -> Task:
             ]
         )
         ans = zh_number(n)
+        meta = {"n": n}
     elif family == "word":
         w = rng.choice(WORDS)
         q = rng.choice(
@@ -204,9 +206,10 @@ def _zh(family: str, rng: random.Random) -> Task:
             ]
         )
         ans = ZH_WORDS[w]
+        meta = {"word": w}
     else:
         raise ValueError(f"unknown zh family {family!r}")
-    return Task("zh", family, q, ans, reference=ans)
+    return Task("zh", family, q, ans, reference=ans, meta=meta)
 
 
 # ---------------------------------------------------------------- the world
