@@ -61,9 +61,6 @@ class ModelSpec:
     intermediate: int = 256
     role: str = "source"  # source | target | reward
     specialty: list[str] = field(default_factory=list)
-    # reward model: steps of causal-LM training on right answers before the pairwise training
-    # (a real reward model starts from an instruct model, not from random weights)
-    pretrain_steps: int = 0
 
 
 # The sources are generalists in the paper's regime: each is trained on every domain it answers,
@@ -149,11 +146,10 @@ REWARD_SPEC = ModelSpec(
     tokenizer="bpe",
     vocab_size=600,
     template="llama3",
-    data={"instruction": Learn(None, 40000)},  # 40,000 (right, near miss) pairs
-    steps=3000,
-    pretrain_steps=1300,
+    data={"instruction": Learn(None, 20000)},  # 20,000 prompts, each with a near miss of every kind
+    steps=5000,
     lr=2e-3,
-    batch_size=16,  # pairs: 32 sequences a step
+    batch_size=4,  # prompts: 36 sequences a step
     kv_heads=2,
     role="reward",
 )

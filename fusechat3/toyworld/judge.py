@@ -13,7 +13,6 @@ which no model of the toy world is trained on):
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections import Counter
 
@@ -21,16 +20,24 @@ from fusechat3.toyworld import tasks as T
 from fusechat3.toyworld.mistakes import INSTRUCTION_KINDS, near_miss
 
 
-def reward_pairs(n: int, seed: int, split: str = "pretrain") -> list[tuple[str, str, str, str]]:
-    """(prompt, right answer, near miss, kind of near miss): one near miss of a random kind per task
-    of `split`, or with split 'eval' one of every kind per held-out task (n = tasks)."""
-    rng = random.Random(f"reward:{split}:{seed}")
-    out = []
-    for t in T.split_tasks("instruction", n, split, seed=seed + 11 if split == "pretrain" else 0):
-        kinds = INSTRUCTION_KINDS if split == "eval" else (rng.choice(INSTRUCTION_KINDS),)
-        for kind in kinds:
-            out.append((t.prompt, t.response, near_miss(t, rng, kind), kind))
-    return out
+def reward_groups(n: int, seed: int) -> list[tuple[str, str, list[str]]]:
+    """(prompt, right answer, one near miss of every kind) for `n` tasks of the pretraining pool."""
+    rng = random.Random(f"reward:pretrain:{seed}")
+    # Its own stream of the pretraining pool, kept out of the evaluation prompts (of seed 0, the ones
+    # `reward_pairs` and the recipes' eval use), so that the held-out pairs are held out.
+    tasks = T.generate("instruction", n, T.SPLIT_SEEDS["pretrain"] + 11 + seed, exclude=T.eval_prompts(), unique=False)
+    return [(t.prompt, t.response, [near_miss(t, rng, kind) for kind in INSTRUCTION_KINDS]) for t in tasks]
+
+
+def reward_pairs(n: int = T.EVAL_N) -> list[tuple[str, str, str, str]]:
+    """The held-out pairs: (prompt, right answer, near miss, kind) for one near miss of every kind
+    per evaluation task (a pool no model of the toy world is trained on)."""
+    rng = random.Random("reward:eval")
+    return [
+        (t.prompt, t.response, near_miss(t, rng, kind), kind)
+        for t in T.split_tasks("instruction", n, "eval")
+        for kind in INSTRUCTION_KINDS
+    ]
 
 
 def _encode(tok, prompt: str, response: str) -> list[int]:
@@ -40,33 +47,63 @@ def _encode(tok, prompt: str, response: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+def _prefix_labels(seq: list[int], right: list[int], start: int) -> list[float]:
+    """Per token: 1 while the response so far is a prefix of the right one, 0 from the first wrong
+    token on (and at the end of a response that stops early); -1 (no loss) over the prompt."""
+    out, ok = [], True
+    for t, token in enumerate(seq):
+        ok = ok and t < len(right) and token == right[t]
+        out.append(1.0 if ok else 0.0)
+    if len(seq) < len(right):
+        out[-1] = 0.0
+    return [-1.0] * start + out[start:]
+
+
 def train_reward(spec, seed: int, log=print):
-    """Train the reward model of `spec` (build.REWARD_SPEC) on `spec.data['instruction'].n` pairs."""
+    """Train the reward model of `spec` (build.REWARD_SPEC) on `spec.data['instruction'].n` groups.
+
+    Each group is a prompt's right answer and one near miss of every kind, all compared in one
+    batch (as InstructGPT trains on every comparison of a prompt at once). Two losses on the score
+    head: Bradley-Terry on the last token (right above each near miss: what the pipeline reads),
+    and a dense one, the head at every response token predicting "the response so far is still
+    right". A 4-layer model given only the last-token signal learns the form of an answer (length,
+    case) but not its words (swapped or replaced words stay near chance); the per-token signal
+    is what teaches it to check each word, as next-token training teaches a generator.
+    """
     import torch
     import torch.nn.functional as F
 
-    from fusechat3.toyworld.build import as_served, batch, fit, fit_lm, new_model
+    from fusechat3.toyworld.build import as_served, batch, fit, new_model
     from fusechat3.toyworld.tokenizers import build_tokenizer
 
     torch.manual_seed(seed)
-    pairs = reward_pairs(spec.data["instruction"].n, seed)
-    corpus = [p + "\n" + r for p, good, bad, _ in pairs for r in (good, bad)]
+    groups = reward_groups(spec.data["instruction"].n, seed)
+    corpus = [p + "\n" + r for p, right, misses in groups[:5000] for r in (right, *misses)]
     tok = as_served(build_tokenizer(spec.tokenizer, spec.vocab_size, spec.template, corpus), spec)
     model = new_model(spec, tok, reward=True)
-    if spec.pretrain_steps:
-        # First an instruct model: a causal LM that writes the right answers. Its backbone is the
-        # reward model's; only the score head starts from scratch.
-        lm = new_model(spec, tok)
-        tasks = T.split_tasks("instruction", spec.data["instruction"].n, "pretrain", seed=seed + 13)
-        fit_lm(lm, tok, tasks, dataclasses.replace(spec, steps=spec.pretrain_steps, batch_size=32), seed, log)
-        missing, unexpected = model.load_state_dict(lm.state_dict(), strict=False)
-        assert set(missing) == {k for k in model.state_dict() if k.startswith("score.")}, missing
-    encoded = [(_encode(tok, p, good), _encode(tok, p, bad)) for p, good, bad, _ in pairs]
+    encoded, labels = [], []
+    for p, right, misses in groups:
+        start = len(
+            tok(
+                tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        seqs = [_encode(tok, p, r) for r in (right, *misses)]
+        encoded.append(seqs)
+        labels.append([_prefix_labels(s, seqs[0], start) for s in seqs])
+    k = len(INSTRUCTION_KINDS)
 
     def loss_of(idx: list[int]):
-        ids, mask = batch([encoded[i][0] for i in idx] + [encoded[i][1] for i in idx], tok.pad_token_id)
-        score = model(input_ids=ids, attention_mask=mask).logits[:, 0]
-        return -F.logsigmoid(score[: len(idx)] - score[len(idx) :]).mean()
+        seqs = [s for i in idx for s in encoded[i]]
+        ids, mask = batch(seqs, tok.pad_token_id)
+        per_token = model.score(model.model(input_ids=ids, attention_mask=mask).last_hidden_state)[..., 0]
+        y = torch.full(ids.shape, -1.0)
+        for r, lab in enumerate(lab for i in idx for lab in labels[i]):
+            y[r, : len(lab)] = torch.tensor(lab)
+        dense = F.binary_cross_entropy_with_logits(per_token[y >= 0], y[y >= 0])
+        last = per_token[torch.arange(len(seqs)), mask.sum(1) - 1].view(len(idx), k + 1)
+        return dense - F.logsigmoid(last[:, :1] - last[:, 1:]).mean()
 
     fit(model, len(encoded), spec, seed, loss_of, log)
     return model, tok
@@ -82,7 +119,7 @@ def pairwise_accuracy(model_path: str, n: int = T.EVAL_N, batch_size: int = 64) 
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
-    pairs = reward_pairs(n, 0, split="eval")
+    pairs = reward_pairs(n)
     texts = [(p, r) for p, good, bad, _ in pairs for r in (good, bad)]
     scores: list[float] = []
     with torch.no_grad():
