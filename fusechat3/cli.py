@@ -92,8 +92,10 @@ def _toyworld(args: argparse.Namespace) -> int:
 
         acc = pairwise_accuracy(resolve_model(args.model))
         kinds = ", ".join(f"{k} {v:.1%}" for k, v in acc["per_kind"].items())
-        print(f"{args.model}: pairwise accuracy {acc['accuracy']:.1%} on {acc['pairs']} held-out (right, near-miss) "
-              f"pairs of {acc['prompts']} evaluation prompts ({kinds})")
+        print(
+            f"{args.model}: pairwise accuracy {acc['accuracy']:.1%} on {acc['pairs']} held-out (right, near-miss) "
+            f"pairs of {acc['prompts']} evaluation prompts ({kinds})"
+        )
         return 0
     from pathlib import Path
 
