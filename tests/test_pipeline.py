@@ -24,6 +24,10 @@ TINY = [
     "sources.0.sampling.n=2",
     "sources.1.sampling.n=2",
     "sources.2.sampling.n=2",
+    # The target's own samples (role: target) for the WRPO set, on instruction prompts only.
+    "sources.3.sampling.n=2",
+    "sources.3.sampling.max_tokens=64",
+    "sources.3.domains=[instruction]",
     "sampler.shard_size=10",
     "scoring.shard_size=40",
     # The band of the reward-judged domain (instruction; math and code have none): wide enough to keep pairs
@@ -35,7 +39,7 @@ TINY = [
     "dpo.max_steps=2",
     "dpo.per_device_train_batch_size=4",
     "dpo.logging_steps=1",
-    # WRPO as a stage of the run, on the target's own samples (the `target-own` source below).
+    # WRPO as a stage of the run, on the target's own samples (the recipe's `target-own` source).
     "wrpo={max_steps: 2, per_device_train_batch_size: 4, logging_steps: 1, learning_rate: 1.0e-4, max_length: 256,"
     " gradient_checkpointing: false, save_strategy: 'no', report_to: none}",
     "controls.sources=[gpt2-chat, mistral-math]",
@@ -44,22 +48,8 @@ TINY = [
 ]
 
 
-# The target's own samples (role: target) for the WRPO set, on instruction prompts only.
-TARGET_SAMPLES = """\
-  - name: target-own
-    model: toyworld:target
-    role: target
-    domains: [instruction]
-    sampling: {n: 2, temperature: 0.8, top_p: 0.95, max_tokens: 64}
-
-sampler:"""
-
-
 def _recipe(tmp: Path, extra: list[str] = ()):
-    text = RECIPE.read_text(encoding="utf-8").replace("\nsampler:", "\n" + TARGET_SAMPLES, 1)
-    path = tmp / "imf-wrpo.yaml"
-    path.write_text(text, encoding="utf-8")
-    return load_recipe(path, [*TINY, f"run_dir={tmp}", *extra])
+    return load_recipe(RECIPE, [*TINY, f"run_dir={tmp}", *extra])
 
 
 @pytest.fixture(scope="module")

@@ -474,6 +474,6 @@ def test_cli_sft_on_a_training_config_is_the_entry_point(tiny_llama, sft_file, t
 def test_cli_wrpo_on_a_recipe_without_wrpo_is_one_line(capsys):
     from fusechat3.cli import main
 
-    assert main(["wrpo", str(RECIPES / "toyworld" / "imf.yaml")]) == 2
+    assert main(["wrpo", str(RECIPES / "toyworld" / "imf.yaml"), "--set", "wrpo=null"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "stage 'wrpo' is off: the recipe has no `wrpo:` section" in err
