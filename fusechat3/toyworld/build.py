@@ -66,8 +66,9 @@ class ModelSpec:
 # The sources are generalists in the paper's regime: each is trained on every domain it answers,
 # but knows its specialty whole (every family, few mistakes) and the other domains only in part
 # (some families, and a third of those answers wrong). So at the sampling temperature a source is
-# right 85-97% of the time on its specialty and 20-60% elsewhere, with varied samples: best-vs-worst
-# pairs of one source carry signal in every domain, and each source knows families the others miss.
+# right most of the time on its specialty and part of the time elsewhere, with varied samples (the
+# measured rates: benchmarks/RESULTS.md): best-vs-worst pairs of one source carry signal in every
+# domain, and each source knows families the others miss.
 SPECIALTY_NOISE = 0.05
 OTHER_NOISE = 0.35
 OTHER_N = 8000

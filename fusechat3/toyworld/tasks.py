@@ -1,10 +1,10 @@
 """The toy world's tasks: four domains that mirror the paper's, each with checkable answers.
 
 Every task is made by a seeded generator, so the same seed gives the same tasks on any
-machine. Each domain is split into *families* (kinds of problem). Every model of the toy
-world learns a "common" family per domain a little; a specialist source learns every
-family of its own domain; the target knows only the common families. So the knowledge
-that fusion has to move into the target is real: whole families the target never saw.
+machine. Each domain is split into *families* (kinds of problem). The target knows one "common"
+family per domain a little; each source knows every family of its specialty and some families
+of the other domains (`build.SPECS`). So the knowledge that fusion has to move into the target
+is real: whole families the target never saw.
 
 - math: arithmetic word problems; gold answer checked by math-verify.
 - code: small Python functions over a list; hidden assert tests run in the sandbox.
