@@ -207,7 +207,7 @@ def _lr_at(step: int, steps: int, lr: float) -> float:
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _encode_pair(tok, prompt: str, response: str) -> tuple[list[int], list[int]]:
+def encode_pair(tok, prompt: str, response: str) -> tuple[list[int], list[int]]:
     """Token ids of the generation prompt and of the response + end-of-turn, apart."""
     p = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
     full = tok.apply_chat_template(
@@ -266,7 +266,7 @@ def train_lm(spec: ModelSpec, seed: int, log=print):
 
 def fit_lm(model, tok, tasks: list[T.Task], spec: ModelSpec, seed: int, log) -> None:
     """Causal-LM training on `tasks`, the loss on the answer tokens only."""
-    examples = [_encode_pair(tok, t.prompt, t.response) for t in tasks]
+    examples = [encode_pair(tok, t.prompt, t.response) for t in tasks]
 
     def loss_of(idx: list[int]):
         ids, mask = batch([examples[i][0] + examples[i][1] for i in idx], tok.pad_token_id)

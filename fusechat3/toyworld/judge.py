@@ -41,10 +41,10 @@ def reward_pairs(n: int = T.EVAL_N) -> list[tuple[str, str, str, str]]:
 
 
 def _encode(tok, prompt: str, response: str) -> list[int]:
-    text = tok.apply_chat_template(
-        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
-    )
-    return tok(text, add_special_tokens=False)["input_ids"]
+    from fusechat3.toyworld.build import encode_pair
+
+    prompt_ids, response_ids = encode_pair(tok, prompt, response)
+    return prompt_ids + response_ids
 
 
 def _prefix_labels(seq: list[int], right: list[int], start: int) -> list[float]:
@@ -73,7 +73,7 @@ def train_reward(spec, seed: int, log=print):
     import torch
     import torch.nn.functional as F
 
-    from fusechat3.toyworld.build import as_served, batch, fit, new_model
+    from fusechat3.toyworld.build import as_served, batch, encode_pair, fit, new_model
     from fusechat3.toyworld.tokenizers import build_tokenizer
 
     torch.manual_seed(seed)
@@ -83,12 +83,7 @@ def train_reward(spec, seed: int, log=print):
     model = new_model(spec, tok, reward=True)
     encoded, labels = [], []
     for p, right, misses in groups:
-        start = len(
-            tok(
-                tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False),
-                add_special_tokens=False,
-            )["input_ids"]
-        )
+        start = len(encode_pair(tok, p, right)[0])
         seqs = [_encode(tok, p, r) for r in (right, *misses)]
         encoded.append(seqs)
         labels.append([_prefix_labels(s, seqs[0], start) for s in seqs])
