@@ -17,6 +17,7 @@ import random
 from collections import Counter
 
 from fusechat3.toyworld import tasks as T
+from fusechat3.toyworld.build import as_served, batch, encode_pair, fit, new_model
 from fusechat3.toyworld.mistakes import INSTRUCTION_KINDS, near_miss
 
 
@@ -41,8 +42,6 @@ def reward_pairs(n: int = T.EVAL_N) -> list[tuple[str, str, str, str]]:
 
 
 def _encode(tok, prompt: str, response: str) -> list[int]:
-    from fusechat3.toyworld.build import encode_pair
-
     prompt_ids, response_ids = encode_pair(tok, prompt, response)
     return prompt_ids + response_ids
 
@@ -73,7 +72,6 @@ def train_reward(spec, seed: int, log=print):
     import torch
     import torch.nn.functional as F
 
-    from fusechat3.toyworld.build import as_served, batch, encode_pair, fit, new_model
     from fusechat3.toyworld.tokenizers import build_tokenizer
 
     torch.manual_seed(seed)
@@ -109,8 +107,6 @@ def pairwise_accuracy(model_path: str, n: int = T.EVAL_N, batch_size: int = 64) 
     over the held-out prompts (`n` evaluation tasks x every kind of near miss): overall and per kind."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from fusechat3.toyworld.build import batch
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
