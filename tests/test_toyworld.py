@@ -177,3 +177,34 @@ def test_prefix_labels_mark_the_first_wrong_token_on():
     assert _prefix_labels([9, 9, 1, 5, 3, 0], right, 2) == [-1, -1, 1, 0, 0, 0]  # a replaced word
     assert _prefix_labels([9, 9, 1, 2, 0], right, 2) == [-1, -1, 1, 1, 0]  # stops early
     assert _prefix_labels([9, 9, 1, 2, 3, 4, 0], right, 2) == [-1, -1, 1, 1, 1, 0, 0]  # one word too many
+
+
+def test_local_labels_mark_only_the_wrong_places():
+    from fusechat3.toyworld.judge import _local_labels
+
+    right = [9, 9, 1, 2, 3, 0]
+    assert _local_labels([9, 9, 3, 2, 1, 0], right, 2) == [-1, -1, 0, 1, 0, 1]  # a swap marks two tokens
+    assert _local_labels([9, 9, 1, 1, 3, 0], right, 2) == [-1, -1, 1, 0, 1, 1]  # a repeat one
+    assert _local_labels([9, 9, 1, 2, 3, 0, 0], right, 2) == [-1, -1, 1, 1, 1, 1, 0]  # past the end: wrong
+
+
+def test_judge_variants_train_the_reward_models_own_backbone_as_an_lm_first():
+    """The variants of benchmarks/toy_judge_variants.py: LM training first moves the reward model's
+    own backbone (not a copy), then the reward training with the LM loss, local labels, two kinds."""
+    import dataclasses
+
+    import torch
+
+    from fusechat3.toyworld.build import REWARD_SPEC, Learn, new_model
+    from fusechat3.toyworld.judge import INSTRUCTION_KINDS, JudgeTraining, _pretrain_lm, accuracy_of, train_reward
+
+    spec = dataclasses.replace(REWARD_SPEC, steps=2, data={"instruction": Learn(None, 30)})
+    _, tok = train_reward(spec, 0, log=lambda *_: None)
+    model = new_model(spec, tok, reward=True)
+    before = [p.detach().clone() for p in model.model.parameters()]
+    _pretrain_lm(model, tok, spec, 0, JudgeTraining(lm_steps=3), log=lambda *_: None)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.model.parameters(), strict=True))
+    how = JudgeTraining(lm_steps=2, lm_weight=1.0, labels="local", kinds=("swap", "repeat"))
+    model, tok = train_reward(spec, 0, log=lambda *_: None, how=how)
+    acc = accuracy_of(model.eval(), tok, n=5)
+    assert acc["pairs"] == 40 and set(acc["per_kind"]) == set(INSTRUCTION_KINDS)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass, replace
 
 from fusechat3.toyworld import tasks as T
-from fusechat3.toyworld.build import as_served, batch, encode_pair, fit, new_model
+from fusechat3.toyworld.build import as_served, batch, encode_pair, fit, fit_lm, new_model
 from fusechat3.toyworld.mistakes import INSTRUCTION_KINDS, near_miss
 
 
@@ -58,7 +59,34 @@ def _prefix_labels(seq: list[int], right: list[int], start: int) -> list[float]:
     return [-1.0] * start + out[start:]
 
 
-def train_reward(spec, seed: int, log=print):
+def _local_labels(seq: list[int], right: list[int], start: int) -> list[float]:
+    """Per token: 1 where the token equals the right answer's token at the same place, else 0
+    (a swap marks two tokens, a repeat one); -1 over the prompt. A variant of `_prefix_labels`."""
+    return [-1.0] * start + [float(t < len(right) and seq[t] == right[t]) for t in range(start, len(seq))]
+
+
+LABELS = {"prefix": _prefix_labels, "local": _local_labels}
+
+
+@dataclass(frozen=True)
+class JudgeTraining:
+    """How the judge is trained beyond its `ModelSpec`; the defaults are the shipped judge's.
+
+    The options are the variants `benchmarks/toy_judge_variants.py` measures: `lm_steps` steps of
+    causal-LM training on right answers first (a reward model starts from a language model that
+    can do the task, as real ones start from an instruction-tuned LM), `lm_weight` x that LM loss
+    kept during the reward training (generative regularisation of the hidden states, GRM-style),
+    the per-token `labels` rule, and `kinds`, the near-miss kinds compared (None: all).
+    """
+
+    lm_steps: int = 0
+    lm_lr: float = 3e-3
+    lm_weight: float = 0.0
+    labels: str = "prefix"
+    kinds: tuple[str, ...] | None = None
+
+
+def train_reward(spec, seed: int, log=print, how: JudgeTraining = JudgeTraining()):
     """Train the reward model of `spec` (build.REWARD_SPEC) on `spec.data['instruction'].n` groups.
 
     Each group is a prompt's right answer and one near miss of every kind, all compared in one
@@ -79,37 +107,73 @@ def train_reward(spec, seed: int, log=print):
     corpus = [p + "\n" + r for p, right, misses in groups[:5000] for r in (right, *misses)]
     tok = as_served(build_tokenizer(spec.tokenizer, spec.vocab_size, spec.template, corpus), spec)
     model = new_model(spec, tok, reward=True)
-    encoded, labels = [], []
+    keep = [0] + [1 + INSTRUCTION_KINDS.index(k) for k in how.kinds or INSTRUCTION_KINDS]
+    label_of = LABELS[how.labels]
+    encoded, labels, starts = [], [], []
     for p, right, misses in groups:
         start = len(encode_pair(tok, p, right)[0])
         seqs = [_encode(tok, p, r) for r in (right, *misses)]
+        seqs = [seqs[i] for i in keep]
         encoded.append(seqs)
-        labels.append([_prefix_labels(s, seqs[0], start) for s in seqs])
-    k = len(INSTRUCTION_KINDS)
+        starts.append(start)
+        labels.append([label_of(s, seqs[0], start) for s in seqs])
+    k = len(keep) - 1
+    if how.lm_steps:
+        _pretrain_lm(model, tok, spec, seed, how, log)
+    embeddings = model.get_input_embeddings().weight
 
     def loss_of(idx: list[int]):
         seqs = [s for i in idx for s in encoded[i]]
         ids, mask = batch(seqs, tok.pad_token_id)
-        per_token = model.score(model.model(input_ids=ids, attention_mask=mask).last_hidden_state)[..., 0]
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        per_token = model.score(hidden)[..., 0]
         y = torch.full(ids.shape, -1.0)
         for r, lab in enumerate(lab for i in idx for lab in labels[i]):
             y[r, : len(lab)] = torch.tensor(lab)
         dense = F.binary_cross_entropy_with_logits(per_token[y >= 0], y[y >= 0])
         last = per_token[torch.arange(len(seqs)), mask.sum(1) - 1].view(len(idx), k + 1)
-        return dense - F.logsigmoid(last[:, :1] - last[:, 1:]).mean()
+        loss = dense - F.logsigmoid(last[:, :1] - last[:, 1:]).mean()
+        if how.lm_weight:  # next-token loss on the right answers, through the tied input embeddings
+            rows = torch.arange(0, len(seqs), k + 1)
+            targets = ids[rows, 1:].clone()
+            for r, i in enumerate(idx):
+                targets[r, : starts[i] - 1] = -100
+                targets[r, len(encoded[i][0]) - 1 :] = -100
+            logits = hidden[rows, :-1] @ embeddings.T
+            loss = loss + how.lm_weight * F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return loss
 
     fit(model, len(encoded), spec, seed, loss_of, log)
     return model, tok
 
 
+def _pretrain_lm(model, tok, spec, seed: int, how: JudgeTraining, log) -> None:
+    """Causal-LM training of the reward model's backbone on right answers of the pretraining pool
+    (its own stream), the LM head tied to the input embeddings."""
+    lm = new_model(spec, tok)
+    lm.model = model.model
+    lm.lm_head.weight = model.get_input_embeddings().weight
+    tasks = T.generate(
+        "instruction", 30000, T.SPLIT_SEEDS["pretrain"] + 11 + seed, exclude=T.eval_prompts(), unique=False
+    )
+    fit_lm(lm, tok, tasks, replace(spec, steps=how.lm_steps, batch_size=32, lr=how.lm_lr), seed, log)
+    model.train()
+
+
 def pairwise_accuracy(model_path: str, n: int = T.EVAL_N, batch_size: int = 64) -> dict:
     """How often the reward model at `model_path` scores the right answer above a near miss of it,
     over the held-out prompts (`n` evaluation tasks x every kind of near miss): overall and per kind."""
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
+    return accuracy_of(model, tok, n, batch_size)
+
+
+def accuracy_of(model, tok, n: int = T.EVAL_N, batch_size: int = 64) -> dict:
+    """`pairwise_accuracy` of a loaded reward model and its tokenizer."""
+    import torch
+
     pairs = reward_pairs(n)
     texts = [(p, r) for p, good, bad, _ in pairs for r in (good, bad)]
     scores: list[float] = []
