@@ -1,0 +1,7 @@
+"""Explicit fusion (FuseLLM, FuseChat-1.0/2.0): the sources' next-token distributions, aligned to
+the target's tokenizer and vocabulary, fused and distilled into the target.
+
+Components so far (docs/explicit.md): `tokens` (each tokenizer's pieces as the bytes of text they
+stand for), `align` (which target tokens and which source tokens cover the same characters of a
+text), `vocab` (the target id a source id stands for: exact, MinED, statistics).
+"""
