@@ -113,7 +113,6 @@ def fusion_loss(logits, labels, fused_ids, fused_probs, lam: float = 0.9):
     unshifted, as for a causal LM); `fused_ids` [B, L, K] (-1: no entry) and `fused_probs` [B, L, K]
     the fused distribution at each position, predicting the next token. Computed in float32; the
     student's log-probabilities are gathered at the K ids only."""
-    import torch
     import torch.nn.functional as F
 
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
