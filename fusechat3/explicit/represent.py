@@ -1,0 +1,76 @@
+"""Representations: a model's top-k next-token log-probabilities at every position of a text, and
+its cross-entropy on the text (the transformers backend; the stage and the vLLM backend are to come).
+
+A conversation is rendered with the model's own chat template, as it was trained to read it. The
+loss positions are the assistant turns' tokens only (FuseChat-2.0's `mask_instruction`): the
+cross-entropy is the mean over them of -log p(token | everything before), computed in float32.
+Stored compactly: token ids and top-k ids int32, top-k log-probabilities float16.
+
+Position t's distribution predicts token t + 1, so a text of L tokens has L - 1 useful rows; the
+last row is kept (it predicts what follows the text) so that rows and tokens share an index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def render(tok, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as the model's chat template writes it, and the character spans of the
+    assistant turns' contents in it (found in order; a template that rewrites a content is refused)."""
+    text = tok.apply_chat_template(messages, tokenize=False)
+    spans, cursor = [], 0
+    for m in messages:
+        content = m["content"]
+        at = text.find(content, cursor)
+        if at < 0:
+            raise ValueError(f"the chat template does not write this {m['role']} turn verbatim: {content[:60]!r}")
+        if m["role"] == "assistant":
+            spans.append((at, at + len(content)))
+        cursor = at + len(content)
+    return text, spans
+
+
+def encode(tok, messages: list[dict]) -> dict:
+    """Token ids of the rendered conversation (its special tokens are in the template), their
+    character spans, and the label mask: True on tokens inside an assistant turn's content."""
+    text, turns = render(tok, messages)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    mask = np.zeros(len(spans), dtype=bool)
+    for a, b in turns:
+        mask |= (spans[:, 0] >= a) & (spans[:, 1] <= b) & (spans[:, 1] > spans[:, 0])
+    return {"text": text, "ids": np.asarray(enc["input_ids"], dtype=np.int32), "spans": spans, "mask": mask}
+
+
+def represent(model, tok, conversations: list[list[dict]], k: int = 10, batch_size: int = 8) -> list[dict]:
+    """Per conversation: `encode`'s fields plus `top_ids` int32 [L, k], `top_logprobs` float16 [L, k]
+    and `ce` (float32 mean cross-entropy over the label positions; NaN where there are none).
+    Batches are right-padded, so every row sees exactly its own tokens."""
+    import torch
+
+    encoded = [encode(tok, c) for c in conversations]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]["ids"]))  # similar lengths together
+    for start in range(0, len(order), batch_size):
+        chunk = [encoded[i] for i in order[start : start + batch_size]]
+        width = max(len(e["ids"]) for e in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, e in enumerate(chunk):
+            ids[r, : len(e["ids"])] = torch.from_numpy(e["ids"].astype(np.int64))
+            attention[r, : len(e["ids"])] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            top = logp.topk(k, dim=-1)
+            nxt = logp[:, :-1].gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+        for r, e in enumerate(chunk):
+            n = len(e["ids"])
+            e["top_ids"] = top.indices[r, :n].cpu().numpy().astype(np.int32)
+            e["top_logprobs"] = top.values[r, :n].cpu().numpy().astype(np.float16)
+            labelled = torch.from_numpy(e["mask"][1:n])
+            nll = -nxt[r, : n - 1].cpu()[labelled]
+            e["ce"] = np.float32(nll.mean().item()) if len(nll) else np.float32("nan")
+    return encoded
