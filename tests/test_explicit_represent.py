@@ -28,7 +28,9 @@ def test_label_mask_is_the_assistant_content(toy):
     _, tok = toy
     conv = _conversations(1)[0]
     e = encode(tok, conv)
-    assert tok.decode(e["ids"][e["mask"]].tolist()).strip() == conv[1]["content"].strip()
+    labelled = e["ids"][e["mask"]].tolist()
+    assert tok.decode(labelled[:-1]).strip() == conv[1]["content"].strip()
+    assert labelled[-1] == tok.convert_tokens_to_ids("<|im_end|>")  # the end of the turn is learnt too
     text, spans = render(tok, conv)
     assert text[spans[0][0] : spans[0][1]] == conv[1]["content"]
     import copy

@@ -2,7 +2,8 @@
 its cross-entropy on the text (the transformers backend; the stage and the vLLM backend are to come).
 
 A conversation is rendered with the model's own chat template, as it was trained to read it. The
-loss positions are the assistant turns' tokens only (FuseChat-2.0's `mask_instruction`): the
+loss positions are the assistant turns' tokens and their end-of-turn token (FuseChat-2.0's
+`mask_instruction`): the
 cross-entropy is the mean over them of -log p(token | everything before), computed in float32.
 Stored compactly: token ids and top-k ids int32, top-k log-probabilities float16.
 
@@ -33,13 +34,17 @@ def render(tok, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
 
 def encode(tok, messages: list[dict]) -> dict:
     """Token ids of the rendered conversation (its special tokens are in the template), their
-    character spans, and the label mask: True on tokens inside an assistant turn's content."""
+    character spans, and the label mask: True on the tokens of an assistant turn's content and on
+    the token right after it (the template's end of turn)."""
     text, turns = render(tok, messages)
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     spans = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     mask = np.zeros(len(spans), dtype=bool)
     for a, b in turns:
         mask |= (spans[:, 0] >= a) & (spans[:, 1] <= b) & (spans[:, 1] > spans[:, 0])
+        after = np.flatnonzero(spans[:, 0] >= b)
+        if len(after):  # the template's end-of-turn token: the model learns to stop
+            mask[after[0]] = True
     return {"text": text, "ids": np.asarray(enc["input_ids"], dtype=np.int32), "spans": spans, "mask": mask}
 
 
