@@ -34,8 +34,8 @@ def render(tok, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
 
 def encode(tok, messages: list[dict]) -> dict:
     """Token ids of the rendered conversation (its special tokens are in the template), their
-    character spans, and the label mask: True on the tokens of an assistant turn's content and on
-    the token right after it (the template's end of turn)."""
+    character spans, the label mask (True on the tokens of an assistant turn's content and on the
+    token right after it, the template's end of turn) and `turns`, the contents' character spans."""
     text, turns = render(tok, messages)
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     spans = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
@@ -45,7 +45,8 @@ def encode(tok, messages: list[dict]) -> dict:
         after = np.flatnonzero(spans[:, 0] >= b)
         if len(after):  # the template's end-of-turn token: the model learns to stop
             mask[after[0]] = True
-    return {"text": text, "ids": np.asarray(enc["input_ids"], dtype=np.int32), "spans": spans, "mask": mask}
+    ids = np.asarray(enc["input_ids"], dtype=np.int32)
+    return {"text": text, "ids": ids, "spans": spans, "mask": mask, "turns": np.asarray(turns, np.int64).reshape(-1, 2)}
 
 
 def represent(model, tok, conversations: list[list[dict]], k: int = 10, batch_size: int = 8) -> list[dict]:

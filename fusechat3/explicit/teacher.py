@@ -1,0 +1,82 @@
+"""The fused teacher of one conversation: every source's distributions on the target's positions
+and ids (`fuse.to_target`), fused by MinCE or AvgCE (`fuse.fuse`).
+
+The target and each source render the conversation with their own chat templates, so only the
+assistant turns' contents are the same text on both sides. They are aligned turn by turn
+(`align.align_offsets` on the content, MinED where the offsets fail). Two positions around each
+turn are paired as well: the last template token before the content on each side (it predicts
+the first content token), and the end-of-turn token after it, whose source id is mapped to the
+target's own end-of-turn id. A source may be the target itself (FuseChat's pairwise fusion
+keeps the pivot's own distribution); it then aligns one-to-one with an identity vocabulary map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fusechat3.explicit.align import align_mined, align_offsets
+from fusechat3.explicit.fuse import Sparse, fuse, to_target
+from fusechat3.explicit.tokens import bytes_text
+
+
+def _inside(rep: dict, a: int, b: int) -> np.ndarray:
+    spans = rep["spans"]
+    return np.flatnonzero((spans[:, 0] >= a) & (spans[:, 1] <= b) & (spans[:, 1] > spans[:, 0]))
+
+
+def turn_groups(
+    target: dict, source: dict, target_texts=None, source_texts=None
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Alignment groups between two representations (`represent.encode`) of the same conversation,
+    over the assistant turns, and the (source id, target id) pairs of their end-of-turn tokens.
+    `*_texts`: each token's piece text, for the MinED fallback."""
+    groups, ends = [], []
+    for (ta, tb), (sa, sb) in zip(target["turns"].tolist(), source["turns"].tolist(), strict=True):
+        ti, si = _inside(target, ta, tb), _inside(source, sa, sb)
+        if not len(ti) or not len(si):
+            continue
+        content = target["text"][ta:tb]
+        found = align_offsets(target["spans"][ti] - ta, source["spans"][si] - sa, content)
+        if found is None:
+            if target_texts is None or source_texts is None:
+                raise ValueError("the offsets of a turn do not cover its content: give the piece texts for MinED")
+            found = align_mined([target_texts[i] for i in ti], [source_texts[i] for i in si])
+        g = found.groups + np.array([ti[0], ti[0], si[0], si[0]])
+        if ti[0] > 0 and si[0] > 0:  # the template token before the content predicts its first token
+            groups.append(np.array([[ti[0] - 1, ti[0], si[0] - 1, si[0]]]))
+        groups.append(g)
+        t_end, s_end = ti[-1] + 1, si[-1] + 1
+        if t_end < len(target["ids"]) and s_end < len(source["ids"]):
+            ends.append((int(source["ids"][s_end]), int(target["ids"][t_end])))
+    return (np.concatenate(groups) if groups else np.zeros((0, 4), np.int64)), ends
+
+
+def teacher(
+    target: dict,
+    sources: list[dict],
+    vocab_maps: list[np.ndarray],
+    method: str = "minCE",
+    k: int = 10,
+    texts: tuple[list[str], list[list[str]]] | None = None,
+) -> Sparse:
+    """The fused next-token distribution at every target position of one conversation. `sources`:
+    representations (`represent.represent`, with top-k and CE) of the same conversation; `vocab_maps`:
+    each source's id -> target id (`vocab.vocab_map`; the identity for the target itself). `texts`:
+    (the target's piece texts, each source's), needed only where a turn's offsets fail (`piece_texts`)."""
+    dists, ces = [], []
+    for n, (rep, vmap) in enumerate(zip(sources, vocab_maps, strict=True)):
+        groups, ends = turn_groups(target, rep, *((texts[0], texts[1][n]) if texts else ()))
+        vmap = vmap.copy()
+        for s_id, t_id in ends:
+            vmap[s_id] = t_id  # end of turn -> the target's own end of turn
+        dists.append(to_target(rep["top_ids"], rep["top_logprobs"], groups, target["ids"], vmap, k))
+        ces.append(float(rep["ce"]))
+    return fuse(dists, ces, method, k)
+
+
+def piece_texts(tok, rep: dict) -> list[str]:
+    """Each token's piece text (`tokens.piece_bytes`), for `turn_groups`'s MinED fallback."""
+    from fusechat3.explicit.tokens import is_byte_level, piece_bytes
+
+    byte_level = is_byte_level(tok)
+    return [bytes_text(piece_bytes(p, byte_level)) for p in tok.convert_ids_to_tokens(rep["ids"].tolist())]
