@@ -8,6 +8,7 @@ process and one thread each; a variant takes 2-5 minutes on this 2-core machine 
 
     python benchmarks/toy_judge_variants.py                         # every variant, 2,000 steps
     python benchmarks/toy_judge_variants.py --variants base,lm-first --steps 5000
+    python benchmarks/toy_judge_variants.py --variants lm-first+loss/local-labels
 
 What it answers: which change moves the kinds the shipped judge misses (a swapped or a repeated
 word: the order and content of the answer, not its form). Figures: benchmarks/RESULTS.md.
@@ -28,17 +29,17 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CONTENT = ("swap", "replace", "repeat", "copy")
-# name -> (JudgeTraining fields, ModelSpec fields)
+# name -> (JudgeTraining fields, ModelSpec fields); names have no commas (--variants splits on them)
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "base": ({}, {}),  # the shipped recipe, at --steps
     "lm-loss": ({"lm_weight": 1.0}, {}),
     "lm-first": ({"lm_steps": 1500}, {}),
     "lm-first+loss": ({"lm_steps": 1500, "lm_weight": 1.0}, {}),
-    "lm-first+loss, lr 5e-4": ({"lm_steps": 2000, "lm_weight": 1.0}, {"lr": 5e-4}),
-    "lm-first+loss, lr 1e-4": ({"lm_steps": 2000, "lm_weight": 1.0}, {"lr": 1e-4}),
-    "lm-first+loss, 6 layers": ({"lm_steps": 2000, "lm_weight": 1.0}, {"lr": 5e-4, "layers": 6}),
-    "lm-first+loss, local labels": ({"lm_steps": 2000, "lm_weight": 1.0, "labels": "local"}, {"lr": 5e-4}),
-    "lm-first+loss, content kinds only": ({"lm_steps": 2000, "lm_weight": 1.0, "kinds": CONTENT}, {"lr": 5e-4}),
+    "lm-first+loss/lr5e-4": ({"lm_steps": 2000, "lm_weight": 1.0}, {"lr": 5e-4}),
+    "lm-first+loss/lr1e-4": ({"lm_steps": 2000, "lm_weight": 1.0}, {"lr": 1e-4}),
+    "lm-first+loss/6-layers": ({"lm_steps": 2000, "lm_weight": 1.0}, {"lr": 5e-4, "layers": 6}),
+    "lm-first+loss/local-labels": ({"lm_steps": 2000, "lm_weight": 1.0, "labels": "local"}, {"lr": 5e-4}),
+    "lm-first+loss/content-kinds": ({"lm_steps": 2000, "lm_weight": 1.0, "kinds": CONTENT}, {"lr": 5e-4}),
 }
 
 
