@@ -65,3 +65,28 @@ def test_top_k_and_cross_entropy_match_an_unbatched_forward(toy):
         with torch.no_grad():
             want = model(input_ids=ids, labels=labels).loss.item()
         assert r["ce"] == pytest.approx(want, rel=1e-4)
+
+
+def test_vllm_prompt_logprobs_give_the_same_rows(toy):
+    """The vLLM backend (prompt_logprobs) against the transformers one, on the same model and texts."""
+    from fusechat3.explicit.represent_vllm import open_engine, represent_vllm
+    from fusechat3.vllm_engine import close_llm
+
+    model, tok = toy
+    convs = _conversations(2)
+    hf = represent(model, tok, convs, k=5)
+
+    import types
+
+    holder = types.SimpleNamespace(llm=open_engine(resolve_model("toyworld:qwen2-code"), max_model_len=512))
+    try:
+        vl = represent_vllm(holder.llm, tok, convs, k=5)
+    finally:
+        close_llm(holder)
+    for a, b in zip(hf, vl, strict=True):
+        assert (a["ids"] == b["ids"]).all() and (a["mask"] == b["mask"]).all()
+        assert (a["top_ids"] == b["top_ids"]).mean() > 0.99  # float32 both; a near-tie may swap two ids
+        np.testing.assert_allclose(
+            b["top_logprobs"].astype(np.float32), a["top_logprobs"].astype(np.float32), atol=1e-3
+        )
+        assert b["ce"] == pytest.approx(a["ce"], rel=1e-4, abs=1e-6)
