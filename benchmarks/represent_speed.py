@@ -53,7 +53,7 @@ def main() -> None:
     tokens = sum(len(r["ids"]) for r in rows)
     del model
 
-    llm = open_engine(path, max_model_len=2048)
+    llm = open_engine(path)
     represent_vllm(llm, tok, convs[:8], k=args.k)
     t0 = time.perf_counter()
     represent_vllm(llm, tok, convs, k=args.k)

@@ -19,8 +19,9 @@ Two ways to find the groups, the first one tried first:
   source grid (steps right, down or diagonal) of least total cost, the cost of a cell the edit
   distance between the two pieces' texts (whitespace stripped). Written here because no library
   aligns two tokenizations; it is vectorised per row (a min-plus prefix scan with numpy), and only
-  cells whose pieces lie within `band` bytes of text of each other are computed (the band doubles
-  until the best path stays inside it), so its cost is about linear in the text's length.
+  cells whose pieces lie within `band` bytes of text of each other are computed. The band doubles
+  until two bands in a row give the same path, so the work is about linear in the text's length.
+  Tests and `benchmarks/alignment_speed.py` check the path against the full grid's.
   Ties are broken the same way everywhere: diagonal, then from above, then from the left.
 """
 
@@ -206,14 +207,15 @@ def mined_path(
     give the real ones where a piece is part of a character)."""
     m = len(source)
     t_pos, s_pos = _starts(target, sizes and sizes[0]), _starts(source, sizes and sizes[1])
+    last = None
     while True:
         lo, hi = _row_range(t_pos, s_pos, band)
-        rows = _scan(_costs(target, source, lo, hi), lo, hi, m)
-        path = _path(rows, lo)
-        touches = any((j == lo[i] and lo[i] > 0) or (j == hi[i] - 1 and hi[i] < m) for i, j in path)
-        if not touches or (lo.min() == 0 and hi.min() == m) or band > t_pos[-1] + s_pos[-1]:
+        path = _path(_scan(_costs(target, source, lo, hi), lo, hi, m), lo)
+        full = bool(lo.max() == 0 and hi.min() == m) or band > t_pos[-1] + s_pos[-1]
+        if full or path == last:
             return path
-        band *= 2  # the best path may leave the band: widen it and redo
+        # A path the band changed is not trusted: widen the band until the path stops changing.
+        last, band = path, band * 2
 
 
 def align_mined(target: list[str], source: list[str], band: int = 32, sizes=None) -> Alignment:
