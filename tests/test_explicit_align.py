@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
 import numpy as np
@@ -130,26 +131,22 @@ def test_offsets_that_do_not_cover_the_text_are_refused():
     assert align_offsets([[3, 5], [0, 2]], [[0, 2], [3, 5]], text) is None  # out of order
 
 
-def _dp_reference(a: list[str], b: list[str]) -> list[tuple[int, int]]:
-    """The MinED dynamic programme as the papers describe it: full grid, pure Python."""
-    from rapidfuzz.distance import Levenshtein
+@functools.cache
+def _benchmark():
+    """benchmarks/alignment_speed.py, whose naive side is the reference the tests compare with."""
+    import importlib.util
+    from pathlib import Path
 
-    n, m, inf = len(a), len(b), float("inf")
-    d = [[inf] * m for _ in range(n)]
-    for i in range(n):
-        for j in range(m):
-            c = Levenshtein.distance(a[i].strip(), b[j].strip())
-            if i == 0 and j == 0:
-                d[i][j] = c
-                continue
-            d[i][j] = c + min(d[i - 1][j - 1] if i and j else inf, d[i - 1][j] if i else inf, d[i][j - 1] if j else inf)
-    i, j, path = n - 1, m - 1, [(n - 1, m - 1)]
-    while i or j:
-        options = ([(d[i - 1][j - 1], i - 1, j - 1)] if i and j else []) + ([(d[i - 1][j], i - 1, j)] if i else [])
-        options += [(d[i][j - 1], i, j - 1)] if j else []
-        _, i, j = min(options, key=lambda o: o[0])
-        path.append((i, j))
-    return path[::-1]
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "alignment_speed.py"
+    spec = importlib.util.spec_from_file_location("alignment_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dp_reference(a: list[str], b: list[str]) -> list[tuple[int, int]]:
+    """The MinED programme as the papers describe it, full grid in pure Python (the benchmark's naive side)."""
+    return _benchmark().naive_mined(a, b)
 
 
 def test_mined_path_equals_the_full_pure_python_programme(toy_tokenizers):

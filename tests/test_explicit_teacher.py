@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fusechat3.explicit.represent import represent
-from fusechat3.explicit.teacher import teacher, turn_groups
+from fusechat3.explicit.teacher import piece_texts, teacher, turn_groups
 from fusechat3.explicit.vocab import vocab_map
 from fusechat3.recipe import resolve_model
 from fusechat3.toyworld import tasks as T
@@ -62,3 +62,20 @@ def test_a_source_with_another_tokenizer_and_template(world):
     assert {int(i): round(float(p), 4) for i, p in zip(got.ids[t0], got.probs[t0], strict=True) if i >= 0} == {
         i: round(p / total, 4) for i, p in mapped.items()
     }
+
+
+def test_a_turn_whose_offsets_fail_is_aligned_by_mined(world):
+    """Offsets that do not cover a turn's content (a token with an empty span): MinED over the pieces'
+    texts, which must then be given."""
+    (tm, tt), (sm, st) = world["target"], world["qwen2-code"]
+    conv = _conversation()
+    t_rep, s_rep = represent(tm, tt, [conv], k=3)[0], represent(sm, st, [conv], k=3)[0]
+    broken = dict(s_rep, spans=s_rep["spans"].copy())
+    inside = np.flatnonzero(s_rep["mask"])
+    broken["spans"][inside[1]] = broken["spans"][inside[1], 0]  # a content token covering nothing
+    with pytest.raises(ValueError, match="piece texts"):
+        turn_groups(t_rep, broken)
+    groups, _ = turn_groups(t_rep, broken, piece_texts(tt, t_rep), piece_texts(st, s_rep))
+    content = groups[1:]  # after the pair of tokens before the turn
+    assert content[0, 0] == np.flatnonzero(t_rep["mask"])[0] and content[0, 2] == inside[0]
+    assert np.all(content[1:, 0] == content[:-1, 1]) and np.all(content[1:, 2] == content[:-1, 3])

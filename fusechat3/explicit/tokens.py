@@ -68,12 +68,6 @@ def piece_text(piece: str, byte_level: bool) -> str:
     return bytes_text(piece_bytes(piece, byte_level))
 
 
-def vocab_texts(tok) -> list[str]:
-    """`piece_text` of every id of `tok`, in id order."""
-    byte_level = is_byte_level(tok)
-    return [piece_text(p or "", byte_level) for p in tok.convert_ids_to_tokens(list(range(len(tok))))]
-
-
 def spans_from_pieces(pieces: list[bytes], text: str) -> np.ndarray | None:
     """Character spans of the tokens from their bytes, where the pieces spell `text` exactly (a
     SentencePiece-style leading space allowed); None where they do not. For tokenizers that give no
