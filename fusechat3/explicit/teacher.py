@@ -61,14 +61,16 @@ def teacher(
 ) -> Sparse:
     """The fused next-token distribution at every target position of one conversation. `sources`:
     representations (`represent.represent`, with top-k and CE) of the same conversation; `vocab_maps`:
-    each source's id -> target id (`vocab.vocab_map`; the identity for the target itself). `texts`:
+    each source's id -> target id (`vocab.vocab_map`; the identity for the target itself), in which
+    the end-of-turn pairs found are set (in place). `texts`:
     (the target's piece texts, each source's), needed only where a turn's offsets fail (`piece_texts`)."""
     dists, ces = [], []
     for n, (rep, vmap) in enumerate(zip(sources, vocab_maps, strict=True)):
         groups, ends = turn_groups(target, rep, *((texts[0], texts[1][n]) if texts else ()))
-        vmap = vmap.copy()
         for s_id, t_id in ends:
-            vmap[s_id] = t_id  # end of turn -> the target's own end of turn
+            # End of turn -> the target's own end of turn, written into the caller's map: the pair is
+            # the same in every conversation, so the map is set once, not copied per conversation.
+            vmap[s_id] = t_id
         dists.append(to_target(rep["top_ids"], rep["top_logprobs"], groups, target["ids"], vmap, k))
         ces.append(float(rep["ce"]))
     return fuse(dists, ces, method, k)
