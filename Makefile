@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 INSTALL_KEY := $(shell cat pyproject.toml requirements/cpu-excludes.txt requirements/cpu-constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(INSTALL_KEY)
 RECIPE ?= recipes/toyworld/imf.yaml
-# `make demo SEED=1`: the same run with another seed (the sources' samples and the trainings).
+# `make demo SEED=1`: the same run with another recipe seed: the trainings (SFT, DPO, WRPO, controls) change,
+# the sources' samples do not (they are seeded by each source's `sampling.seed` and the prompt).
 SEED ?= 0
 
 export HF_HUB_OFFLINE := 1

@@ -46,7 +46,7 @@ class Sampler(Protocol):
 
     `seeds` (one per conversation) make each prompt's samples depend on its own seed
     only, not on what it is batched with, where the backend can (vllm, openai); the
-    pipeline derives them from the recipe seed and the prompt_id, so a resumed or
+    pipeline derives them from the source's `sampling.seed` and the prompt_id, so a resumed or
     re-sharded run samples the same responses. Without `seeds`, they are derived from
     `params.seed` and the position in the call. `progress(k)` is called as k more
     conversations are answered (for a progress bar).

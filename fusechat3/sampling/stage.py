@@ -5,7 +5,8 @@ that a killed run loses one shard at most.
 samples of prompts [k*shard_size, (k+1)*shard_size) of that source's prompts. The stage
 key covers the prompts, the source's sampling key and the shard size, so a shard file
 is only ever reused for exactly the same work. Each prompt is sampled with its own seed
-(from the recipe seed and its prompt_id): a resumed or re-split run samples the same
+(from the source's `sampling.seed` and its prompt_id; the recipe's `seed` does not enter):
+a resumed or re-split run samples the same
 responses as an uninterrupted one.
 
 `--source NAME` samples one source; `--shard i/n` takes the shards k with k % n == i,

@@ -5,7 +5,7 @@ Each model is prompted with its own chat template, or the recipe's template file
 prompt the model sees agree).
 
 Seeding: every request carries its own seed (`SamplingParams(seed=...)`), derived by
-the caller from the recipe seed and the prompt_id, so a prompt's samples do not depend
+the caller from the source's `sampling.seed` and the prompt_id (not the recipe's `seed`), so a prompt's samples do not depend
 on the batch it is in, on the shard split, or on what the engine did before: a resumed
 run samples exactly what an uninterrupted one would have.
 """
