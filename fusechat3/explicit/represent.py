@@ -32,6 +32,11 @@ def render(tok, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     return text, spans
 
 
+def inside(spans: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Which tokens (character `spans`, [L, 2]) lie within characters [a, b) and cover at least one."""
+    return (spans[:, 0] >= a) & (spans[:, 1] <= b) & (spans[:, 1] > spans[:, 0])
+
+
 def encode(tok, messages: list[dict]) -> dict:
     """Token ids of the rendered conversation (its special tokens are in the template), their
     character spans, the label mask (True on the tokens of an assistant turn's content and on the
@@ -41,7 +46,7 @@ def encode(tok, messages: list[dict]) -> dict:
     spans = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     mask = np.zeros(len(spans), dtype=bool)
     for a, b in turns:
-        mask |= (spans[:, 0] >= a) & (spans[:, 1] <= b) & (spans[:, 1] > spans[:, 0])
+        mask |= inside(spans, a, b)
         after = np.flatnonzero(spans[:, 0] >= b)
         if len(after):  # the template's end-of-turn token: the model learns to stop
             mask[after[0]] = True

@@ -16,12 +16,8 @@ import numpy as np
 
 from fusechat3.explicit.align import align_mined, align_offsets
 from fusechat3.explicit.fuse import Sparse, fuse, to_target
+from fusechat3.explicit.represent import inside
 from fusechat3.explicit.tokens import bytes_text
-
-
-def _inside(rep: dict, a: int, b: int) -> np.ndarray:
-    spans = rep["spans"]
-    return np.flatnonzero((spans[:, 0] >= a) & (spans[:, 1] <= b) & (spans[:, 1] > spans[:, 0]))
 
 
 def turn_groups(
@@ -32,7 +28,8 @@ def turn_groups(
     `*_texts`: each token's piece text, for the MinED fallback."""
     groups, ends = [], []
     for (ta, tb), (sa, sb) in zip(target["turns"].tolist(), source["turns"].tolist(), strict=True):
-        ti, si = _inside(target, ta, tb), _inside(source, sa, sb)
+        ti = np.flatnonzero(inside(target["spans"], ta, tb))
+        si = np.flatnonzero(inside(source["spans"], sa, sb))
         if not len(ti) or not len(si):
             continue
         content = target["text"][ta:tb]

@@ -22,13 +22,18 @@ from fusechat3.toyworld.build import as_served, batch, encode_pair, fit, fit_lm,
 from fusechat3.toyworld.mistakes import INSTRUCTION_KINDS, near_miss
 
 
+def _judge_tasks(n: int, seed: int) -> list[T.Task]:
+    """The judge's own stream of the pretraining pool, kept out of the evaluation prompts (of seed 0,
+    the ones `reward_pairs` and the recipes' eval use), so that the held-out pairs are held out."""
+    return T.generate("instruction", n, T.SPLIT_SEEDS["pretrain"] + 11 + seed, exclude=T.eval_prompts(), unique=False)
+
+
 def reward_groups(n: int, seed: int) -> list[tuple[str, str, list[str]]]:
     """(prompt, right answer, one near miss of every kind) for `n` tasks of the pretraining pool."""
     rng = random.Random(f"reward:pretrain:{seed}")
-    # Its own stream of the pretraining pool, kept out of the evaluation prompts (of seed 0, the ones
-    # `reward_pairs` and the recipes' eval use), so that the held-out pairs are held out.
-    tasks = T.generate("instruction", n, T.SPLIT_SEEDS["pretrain"] + 11 + seed, exclude=T.eval_prompts(), unique=False)
-    return [(t.prompt, t.response, [near_miss(t, rng, kind) for kind in INSTRUCTION_KINDS]) for t in tasks]
+    return [
+        (t.prompt, t.response, [near_miss(t, rng, kind) for kind in INSTRUCTION_KINDS]) for t in _judge_tasks(n, seed)
+    ]
 
 
 def reward_pairs(n: int = T.EVAL_N) -> list[tuple[str, str, str, str]]:
@@ -153,10 +158,9 @@ def _pretrain_lm(model, tok, spec, seed: int, how: JudgeTraining, log) -> None:
     lm = new_model(spec, tok)
     lm.model = model.model
     lm.lm_head.weight = model.get_input_embeddings().weight
-    tasks = T.generate(
-        "instruction", 30000, T.SPLIT_SEEDS["pretrain"] + 11 + seed, exclude=T.eval_prompts(), unique=False
+    fit_lm(
+        lm, tok, _judge_tasks(30000, seed), replace(spec, steps=how.lm_steps, batch_size=32, lr=how.lm_lr), seed, log
     )
-    fit_lm(lm, tok, tasks, replace(spec, steps=how.lm_steps, batch_size=32, lr=how.lm_lr), seed, log)
     model.train()
 
 
