@@ -110,7 +110,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if stage is not None and stage.config_entry is not None:
         from fusechat3.training.config import is_training_config
 
-        if is_training_config(args.recipe, stage.name):
+        # A stage's training section is its name with '_' for '-' (`fuse-train` -> `fuse_train:`).
+        if is_training_config(args.recipe, stage.name.replace("-", "_")):
             return _train_from_config(stage.config_entry, args.recipe, args.overrides)
     if args.command == "toyworld":
         return _toyworld(args)

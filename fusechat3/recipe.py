@@ -32,6 +32,7 @@ from fusechat3.config import (
     validate,
 )
 from fusechat3.errors import RecipeError
+from fusechat3.explicit.spec import TARGET_PART, ExplicitSpec
 from fusechat3.sampling.params import GenParams
 from fusechat3.schema import stable_hash
 from fusechat3.training.config import TrainSection
@@ -226,12 +227,15 @@ class EvalSpec(Section):
 
 
 class Recipe(Section):
-    """One run: prompts, sources, scoring, building, target training, evaluation."""
+    """One run: prompts, sources, then implicit fusion (scoring, building, training: FuseChat-3.0) or explicit
+    fusion (`explicit:`, `fuse_train:`: FuseLLM, FuseChat-1.0/2.0) or both, then evaluation."""
 
     name: Annotated[str, _simple_name("folder name")]  # run name; the run directory defaults to runs/<name>
     prompts: list[BuilderSpec] = Field(min_length=1)  # prompt builders whose rows are concatenated
     sources: list[SourceSpec]  # source LLMs (at least one with role: source; names unique)
-    scoring: ScoringSpec  # reward model and correctness checks
+    # Reward model and correctness checks: the implicit path (sample, score, build, sft, dpo, wrpo, controls)
+    # runs when this section is there.
+    scoring: ScoringSpec | None = None
     target: ModelSpec  # the model that is trained
     run_dir: str | None = None  # default: runs/<name>, relative to the current directory
     seed: int = 0  # global seed (prompt order, training)
@@ -246,6 +250,11 @@ class Recipe(Section):
     eval: EvalSpec | None = None  # held-out evaluation (null: none)
     # Drop training prompts that share a word n-gram with these benchmark prompts (null: off).
     decontamination: DecontaminationSpec | None = None
+    # Explicit fusion: the explicit path (corpus, represent, teacher, fuse-train) runs when this section is there.
+    explicit: ExplicitSpec | None = None
+    # The fusion training: transformers TrainingArguments fields plus fusion_lambda (training.fusion.FusionConfig),
+    # and our options beside them (peft, eval_files), as in a training config file.
+    fuse_train: TrainSection = TrainSection()
 
     _path: str = PrivateAttr("")  # the YAML file this recipe came from (set by the loader; not hashed)
 
@@ -269,6 +278,18 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _names_refer_to_sources(self) -> Recipe:
         fused = [s.name for s in self.fusion_sources]
+        if self.scoring is None and self.explicit is None:
+            raise KeyProblem(
+                "scoring", "is missing: give scoring: (implicit fusion), explicit: (explicit fusion), or both"
+            )
+        if self.explicit is not None:
+            for i, name in enumerate(self.explicit.sources or []):
+                if name not in fused:
+                    raise KeyProblem(("explicit", "sources", i), f"names no source: {name!r}{did_you_mean(name, fused)}")
+            if TARGET_PART in self.explicit_sources:
+                raise KeyProblem("explicit.sources", f"{TARGET_PART!r} is the target's own part: rename that source")
+            if self.explicit.corpus == "sft" and self.scoring is None:
+                raise KeyProblem("explicit.corpus", "is 'sft', the build's SFT set: that needs scoring: (implicit path)")
         zh = self.building.zh_source
         if zh is not None and zh not in fused:
             raise KeyProblem("building.zh_source", f"names no source: {zh!r}{did_you_mean(zh, fused)}")
@@ -314,6 +335,20 @@ class Recipe(Section):
     def fusion_sources(self) -> list[SourceSpec]:
         """The sources whose responses are fused (role: source)."""
         return [s for s in self.sources if s.role == "source"]
+
+    @property
+    def explicit_sources(self) -> list[str]:
+        """The sources fused by explicit fusion: `explicit.sources`, else every role: source entry ([] without it)."""
+        if self.explicit is None:
+            return []
+        return list(self.explicit.sources or [s.name for s in self.fusion_sources])
+
+    @property
+    def checks(self) -> dict:
+        """The correctness checks' settings (`scoring.checks`; the defaults in a recipe without scoring:)."""
+        if self.scoring is not None:
+            return self.scoring.checks
+        return ScoringSpec.model_construct(code=CodeSpec(), math=MathSpec()).checks
 
     @property
     def target_samples(self) -> SourceSpec | None:

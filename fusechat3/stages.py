@@ -38,12 +38,30 @@ ORDER = (
     "fusechat3.training.stage:DPO",
     "fusechat3.training.stage:WRPO",
     "fusechat3.training.stage:CONTROLS",
+    "fusechat3.explicit.corpus:CORPUS",
+    "fusechat3.explicit.represent_stage:REPRESENT",
+    "fusechat3.explicit.teacher_stage:TEACHER",
+    "fusechat3.training.stage:FUSE_TRAIN",
     "fusechat3.evaluation.stage:EVAL",
 )
 
 
 def _always(recipe: Recipe) -> bool:
     return True
+
+
+def implicit(recipe: Recipe) -> bool:
+    """Whether the recipe runs the implicit path (sample .. controls): it has a `scoring:` section."""
+    return recipe.scoring is not None
+
+
+def explicit(recipe: Recipe) -> bool:
+    """Whether the recipe runs the explicit path (corpus .. fuse-train): it has an `explicit:` section."""
+    return recipe.explicit is not None
+
+
+IMPLICIT_OFF = "the recipe has no `scoring:` section (no implicit fusion)"
+EXPLICIT_OFF = "the recipe has no `explicit:` section (no explicit fusion)"
 
 
 @dataclass(frozen=True)

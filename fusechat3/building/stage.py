@@ -12,7 +12,7 @@ import time
 from fusechat3.building.rules import build_sets
 from fusechat3.recipe import Recipe, as_dict
 from fusechat3.run import Run, log, print_summary
-from fusechat3.stages import StageDef
+from fusechat3.stages import IMPLICIT_OFF, StageDef, implicit
 
 
 def _target_source(run: Run) -> str | None:
@@ -22,7 +22,7 @@ def _target_source(run: Run) -> str | None:
 def control_sources(recipe: Recipe) -> list[str]:
     """The sources that get a single-source control (none unless controls.enabled)."""
     c = recipe.controls
-    if not c.enabled:
+    if not c.enabled or recipe.scoring is None:
         return []
     return list(c.sources) if c.sources is not None else [s.name for s in recipe.fusion_sources]
 
@@ -82,6 +82,8 @@ def run_build(run: Run) -> None:
 BUILD = StageDef(
     name="build",
     help="build the SFT, DPO (and WRPO) sets by the FuseChat-3.0 rules",
+    enabled=implicit,
+    disabled_reason=IMPLICIT_OFF,
     run=run_build,
     reads=("prompts", "sample", "score"),
     settings=lambda run, part: {

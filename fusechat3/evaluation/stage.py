@@ -73,7 +73,7 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
             checks = verify_many(
                 prompts,
                 texts,
-                **recipe.scoring.checks,
+                **recipe.checks,
             )
             rows = [
                 {
@@ -140,8 +140,7 @@ def _settings(run: Run, part: str | None) -> dict:
         "eval": as_dict(run.recipe.eval),
         "model": run.model_key(part),
         "sampler": _how_sampled(run, part),
-        "code": as_dict(run.recipe.scoring.code),
-        "math": as_dict(run.recipe.scoring.math),
+        "checks": run.recipe.checks,
     }
 
 

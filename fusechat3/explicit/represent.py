@@ -85,3 +85,34 @@ def represent(model, tok, conversations: list[list[dict]], k: int = 10, batch_si
             nll = -nxt[r, : n - 1].cpu()[labelled]
             e["ce"] = np.float32(nll.mean().item()) if len(nll) else np.float32("nan")
     return encoded
+
+
+# The arrays of a representation and their stored dtypes: a row keeps each as its raw bytes (compact,
+# exact, and read back with no per-element conversion).
+_ARRAYS = {
+    "ids": np.int32,
+    "spans": np.int32,
+    "mask": np.bool_,
+    "turns": np.int32,
+    "top_ids": np.int32,
+    "top_logprobs": np.float16,
+}
+
+
+def to_row(prompt_id: str, rep: dict) -> dict:
+    """A representation (`represent`'s output) as one parquet row of the `represent` stage."""
+    row = {"prompt_id": prompt_id, "length": len(rep["ids"]), "k": int(rep["top_ids"].shape[1])}
+    row.update({name: np.ascontiguousarray(rep[name], dtype=dt).tobytes() for name, dt in _ARRAYS.items()})
+    row["ce"] = float(rep["ce"])
+    return row
+
+
+def from_row(row: dict) -> dict:
+    """The representation stored by `to_row` (without the rendered `text`)."""
+    n, k = int(row["length"]), int(row["k"])
+    shapes = {"ids": (n,), "spans": (n, 2), "mask": (n,), "turns": (-1, 2), "top_ids": (n, k), "top_logprobs": (n, k)}
+    rep = {name: np.frombuffer(row[name], dtype=dt).reshape(shapes[name]) for name, dt in _ARRAYS.items()}
+    rep["spans"] = rep["spans"].astype(np.int64)
+    rep["turns"] = rep["turns"].astype(np.int64)
+    rep["ce"] = np.float32(row["ce"])
+    return rep

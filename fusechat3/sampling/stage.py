@@ -29,7 +29,7 @@ from fusechat3.errors import RowError
 from fusechat3.recipe import SourceSpec, resolve_model
 from fusechat3.run import Run, log, print_summary
 from fusechat3.schema import check_prompt, make_sample
-from fusechat3.stages import StageDef
+from fusechat3.stages import IMPLICIT_OFF, StageDef, implicit
 
 if TYPE_CHECKING:
     from fusechat3.sampling.base import Sampler
@@ -220,7 +220,7 @@ def _settings(run: Run, part: str | None) -> dict:
     }
 
 
-def _shard(text: str) -> tuple[int, int]:
+def shard_arg(text: str) -> tuple[int, int]:
     """`--shard I/N` -> (I, N)."""
     try:
         i, n = (int(x) for x in text.split("/"))
@@ -234,7 +234,7 @@ def _shard(text: str) -> tuple[int, int]:
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="sample only this source")
     parser.add_argument(
-        "--shard", type=_shard, metavar="I/N", help="do only shards k with k %% N == I (split one source over N jobs)"
+        "--shard", type=shard_arg, metavar="I/N", help="do only shards k with k %% N == I (split one source over N jobs)"
     )
 
 
@@ -247,4 +247,6 @@ SAMPLE = StageDef(
     parts=lambda recipe: [s.name for s in recipe.sources],
     outputs={"rows": "shard-*.parquet", "summary": "summary.json"},  # rows per part; summary of all
     arguments=_arguments,
+    enabled=implicit,
+    disabled_reason=IMPLICIT_OFF,
 )

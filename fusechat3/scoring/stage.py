@@ -20,7 +20,7 @@ from fusechat3.recipe import as_dict, resolve_model
 from fusechat3.run import Run, log
 from fusechat3.schema import assistant, make_score, sample_key
 from fusechat3.scoring.verify import verify_many
-from fusechat3.stages import StageDef
+from fusechat3.stages import IMPLICIT_OFF, StageDef, implicit
 from fusechat3.store import atomic_write
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -210,4 +210,6 @@ SCORE = StageDef(
     settings=lambda run, part: as_dict(run.recipe.scoring),
     outputs={"rows": "shard-*.parquet", "summary": "summary.json"},
     check=_check,
+    enabled=implicit,
+    disabled_reason=IMPLICIT_OFF,
 )

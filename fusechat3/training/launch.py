@@ -106,6 +106,7 @@ class Method:
     build_trainer: Callable[..., Any]
     description: str
     ref_model: bool = False  # takes a reference model (`ref_model` key)
+    module: str = ""  # the module of `python -m fusechat3.training.<module>` ('': the section's name)
 
     def make_config(self, args: dict, output_dir: str) -> Any:
         """The checked TRL config from the section's fields; a RecipeError naming a bad key and the closest one."""
@@ -192,7 +193,7 @@ def main_for(method: Method, argv: Sequence[str] | None) -> int:
 
     A user mistake is one line on stderr and exit code 2; any other error keeps its traceback.
     """
-    ns = parse_cli(argv, f"python -m fusechat3.training.{method.section}", method.description)
+    ns = parse_cli(argv, f"python -m fusechat3.training.{method.module or method.section}", method.description)
     try:
         out = _train_from_config(method, ns.config, ns.overrides)
     except UserError as e:

@@ -29,7 +29,7 @@ from fusechat3.building.stage import control_sources
 from fusechat3.errors import StoreError, UserError
 from fusechat3.recipe import as_dict, resolve_model
 from fusechat3.run import Run, log, print_summary
-from fusechat3.stages import StageDef, require_enabled
+from fusechat3.stages import EXPLICIT_OFF, IMPLICIT_OFF, StageDef, explicit, implicit, require_enabled
 from fusechat3.training.config import TrainSection
 
 
@@ -224,7 +224,7 @@ def _training_stage(name: str, help: str, *, from_target: bool, config_example: 
         check=lambda run: _check(run, name),
         config_entry=f"fusechat3.training.{name}",
         config_example=config_example,
-        **extra,
+        **{"enabled": implicit, "disabled_reason": IMPLICIT_OFF, **extra},
     )
     return stage
 
@@ -248,8 +248,8 @@ WRPO = _training_stage(
     "WRPO of the SFT model on the WRPO triplets (TRL); or from a config (model: + wrpo:)",
     from_target=False,
     config_example="recipes/wrpo/llama-3.1-8b.yaml",
-    enabled=lambda recipe: recipe.wrpo is not None,
-    disabled_reason="the recipe has no `wrpo:` section (it also needs a source with role: target)",
+    enabled=lambda recipe: implicit(recipe) and recipe.wrpo is not None,
+    disabled_reason="the recipe has no `wrpo:` section (it also needs a source with role: target and scoring:)",
 )
 CONTROLS = StageDef(
     name="controls",
@@ -260,6 +260,87 @@ CONTROLS = StageDef(
     parts=control_sources,
     outputs=_TRAINING_OUTPUTS,
     enabled=lambda recipe: bool(control_sources(recipe)),
-    disabled_reason="controls.enabled is false",
+    disabled_reason="controls.enabled is false (or the recipe has no scoring:)",
     models=lambda recipe: {f"target_single_{name}": name for name in control_sources(recipe)},
+)
+
+
+# --------------------------------------------------------------------------- explicit fusion: fuse-train
+
+LM_ONLY = "lm_only"  # the control part of fuse-train: the same texts and steps, fusion_lambda 1
+
+
+def fuse_parts(recipe) -> list[str]:
+    """One fused target per teacher part (`teacher/all`, or one per source when pairwise), and the control."""
+    from fusechat3.explicit.teacher_stage import teacher_parts
+
+    parts = teacher_parts(recipe)
+    return [*parts, LM_ONLY] if parts and recipe.explicit.control else parts
+
+
+def _fused_models(recipe) -> dict[str, str]:
+    from fusechat3.explicit.teacher_stage import ALL
+
+    return {
+        ("target_lm_only" if p == LM_ONLY else "target_fused" if p == ALL else f"target_fused_{p}"): p
+        for p in fuse_parts(recipe)
+    }
+
+
+def run_fuse_train(run: Run, only: str | None = None) -> None:
+    """Train the target on each teacher (and the language-modelling control) with `FusionTrainer`."""
+    from fusechat3.explicit.teacher_stage import teacher_parts
+
+    require_enabled(run, FUSE_TRAIN)
+    parts = fuse_parts(run.recipe)
+    if only is not None and only not in parts:
+        from fusechat3.config import did_you_mean
+
+        raise UserError(f"fuse-train: no part named {only!r} in this recipe{did_you_mean(only, parts)}")
+    section = run.recipe.fuse_train
+    model = resolve_model(run.recipe.target.model)
+    for part in [only] if only else parts:
+        teacher = teacher_parts(run.recipe)[0] if part == LM_ONLY else part
+        files = [str(run.existing("teacher", "rows", teacher))]
+        args = _trl_args(run, section)
+        if part == LM_ONLY:
+            args["fusion_lambda"] = 1.0  # the gold-text loss alone: what the texts teach without the teacher
+        _train(run, FUSE_TRAIN.name, "fusion", model, files, section, data=FUSE_TRAIN.name, args=args, part=part)
+
+
+def _check_fuse_train(run: Run) -> None:
+    from fusechat3.training.fusion import FUSION
+
+    section = run.recipe.fuse_train
+    try:
+        config = FUSION.make_config(_trl_args(run, section), str(run.output(FUSE_TRAIN.name, "model", LM_ONLY)))
+        FUSION.options(config, section.peft, section.select_checkpoint, section.eval_files is not None)
+    except UserError as e:
+        raise type(e)(f"{run.recipe.path or 'recipe'}: {e}") from None
+
+
+def _fuse_arguments(parser) -> None:
+    parser.add_argument("--part", dest="only", help="train only this part (e.g. all, lm_only, or a source's name)")
+
+
+FUSE_TRAIN = StageDef(
+    name="fuse-train",
+    help="fusion training of the target on each fused teacher (explicit fusion); or from a config (model: + fuse_train:)",
+    run=run_fuse_train,
+    reads=("teacher",),
+    settings=lambda run, part: {
+        "section": as_dict(run.recipe.fuse_train),
+        "seed": run.recipe.seed,
+        "target": run.recipe.target.model,
+        "lm_only": part == LM_ONLY,
+    },
+    parts=fuse_parts,
+    outputs=_TRAINING_OUTPUTS,
+    enabled=explicit,
+    disabled_reason=EXPLICIT_OFF,
+    models=_fused_models,
+    check=_check_fuse_train,
+    config_entry="fusechat3.training.fusion",
+    config_example="recipes/toyworld/fuse_train.yaml",
+    arguments=_fuse_arguments,
 )
