@@ -40,7 +40,9 @@ def build(
     if isinstance(near_miss, bool) or not isinstance(near_miss, int | float) or not 0 <= near_miss <= 1:
         raise RecipeError(f"toyworld builder: near_miss must be a fraction in [0, 1], got {near_miss!r}")
     if near_miss and not with_response:
-        raise RecipeError("toyworld builder: near_miss is the share of wrong reference responses: set with_response: true")
+        raise RecipeError(
+            "toyworld builder: near_miss is the share of wrong reference responses: set with_response: true"
+        )
     rng = random.Random(f"toyworld-responses:{split}:{seed}")
     rows = []
     for domain, n in counts.items():

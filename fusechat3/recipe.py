@@ -285,11 +285,15 @@ class Recipe(Section):
         if self.explicit is not None:
             for i, name in enumerate(self.explicit.sources or []):
                 if name not in fused:
-                    raise KeyProblem(("explicit", "sources", i), f"names no source: {name!r}{did_you_mean(name, fused)}")
+                    raise KeyProblem(
+                        ("explicit", "sources", i), f"names no source: {name!r}{did_you_mean(name, fused)}"
+                    )
             if TARGET_PART in self.explicit_sources:
                 raise KeyProblem("explicit.sources", f"{TARGET_PART!r} is the target's own part: rename that source")
             if self.explicit.corpus == "sft" and self.scoring is None:
-                raise KeyProblem("explicit.corpus", "is 'sft', the build's SFT set: that needs scoring: (implicit path)")
+                raise KeyProblem(
+                    "explicit.corpus", "is 'sft', the build's SFT set: that needs scoring: (implicit path)"
+                )
         zh = self.building.zh_source
         if zh is not None and zh not in fused:
             raise KeyProblem("building.zh_source", f"names no source: {zh!r}{did_you_mean(zh, fused)}")

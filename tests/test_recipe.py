@@ -135,7 +135,9 @@ def test_missing_required_keys(tmp_path):
     path = write(tmp_path, MINIMAL.replace("    model: some-org/beta\n", ""))
     assert error_of(path) == f"{path}: missing required key 'sources[1].model'"
     path = write(tmp_path, MINIMAL.split("scoring:")[0] + "target: {model: t}\n")
-    assert error_of(path) == f"{path}: missing required key 'scoring'"
+    assert error_of(path) == (
+        f"{path}: key 'scoring' is missing: give scoring: (implicit fusion), explicit: (explicit fusion), or both"
+    )
 
 
 def test_bad_yaml_names_the_line(tmp_path):

@@ -12,7 +12,7 @@ import yaml
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 RECIPE_FILES = sorted(RECIPES.glob("**/*.yaml"))
-TRAINING_SECTIONS = ("sft", "dpo", "wrpo")
+TRAINING_SECTIONS = ("sft", "dpo", "wrpo", "fuse_train")
 
 
 def kind_of(path: Path, raw: object) -> str:
@@ -65,6 +65,8 @@ def _check_training_config(path: Path, raw: dict, tmp_path: Path) -> None:
 
     from fusechat3.training.config import build_trl_config, load_run_config
     from fusechat3.training.dpo import DPO
+    from fusechat3.training.fusion import FUSION
+    from fusechat3.training.fusion_trainer import FusionConfig
     from fusechat3.training.sft import SFT
     from fusechat3.training.wrpo import WRPO
     from fusechat3.training.wrpo_trainer import WRPOConfig
@@ -73,6 +75,7 @@ def _check_training_config(path: Path, raw: dict, tmp_path: Path) -> None:
         "sft": (SFTConfig, (), SFT.options),
         "dpo": (DPOConfig, ("ref_model",), DPO.options),
         "wrpo": (WRPOConfig, ("ref_model",), WRPO.options),
+        "fuse_train": (FusionConfig, (), FUSION.options),
     }
     (section,) = [s for s in TRAINING_SECTIONS if s in raw]
     config_cls, extra_keys, options = methods[section]

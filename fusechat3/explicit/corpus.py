@@ -32,7 +32,11 @@ def corpus_rows(run: Run) -> tuple[list[dict], Counter]:
             skipped["no_response"] += 1
             continue
         rows.append(
-            {"prompt_id": row["prompt_id"], "domain": row["domain"], "messages": [*row["messages"], assistant(response)]}
+            {
+                "prompt_id": row["prompt_id"],
+                "domain": row["domain"],
+                "messages": [*row["messages"], assistant(response)],
+            }
         )
     return rows, skipped
 

@@ -133,7 +133,11 @@ def _represent_part(run: Run, part: str, corpus: list[dict], shard: tuple[int, i
                 rows, skipped = _usable(backend.tok, corpus[lo:hi], spec.max_length)
                 reps = backend([r["messages"] for r in rows], k) if rows else []
                 out = [to_row(r["prompt_id"], rep) for r, rep in zip(rows, reps, strict=True)]
-                info = {"tokens": sum(o["length"] for o in out), "seconds": round(time.time() - t0, 3), "skipped": skipped}
+                info = {
+                    "tokens": sum(o["length"] for o in out),
+                    "seconds": round(time.time() - t0, 3),
+                    "skipped": skipped,
+                }
                 stage.write_shard(shard_name(i), out, info)
         finally:
             backend.close()
@@ -141,7 +145,9 @@ def _represent_part(run: Run, part: str, corpus: list[dict], shard: tuple[int, i
         summary = _summary(stage.shard_infos(), len(corpus))
         stage.finish(summary)
         lines = [(key, summary[key]) for key in ("conversations", "represented", "tokens", "tokens_per_s")]
-        print_summary(name, [*lines, *((f"skipped: {w}", n) for w, n in sorted(summary["skipped"].items()))], summary["seconds"])
+        print_summary(
+            name, [*lines, *((f"skipped: {w}", n) for w, n in sorted(summary["skipped"].items()))], summary["seconds"]
+        )
     else:
         log(f"{name}: this process's shards are written; others are still missing")
 

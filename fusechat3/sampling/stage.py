@@ -234,7 +234,10 @@ def shard_arg(text: str) -> tuple[int, int]:
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="sample only this source")
     parser.add_argument(
-        "--shard", type=shard_arg, metavar="I/N", help="do only shards k with k %% N == I (split one source over N jobs)"
+        "--shard",
+        type=shard_arg,
+        metavar="I/N",
+        help="do only shards k with k %% N == I (split one source over N jobs)",
     )
 
 
