@@ -9,7 +9,9 @@
 
 `messages_field` holds either a chat list of {role, content} (the conversation so far,
 ending with the user's turn) or a plain string (the user's message); `name` and `revision`
-pick a Hub dataset's config and revision. A missing column or a malformed row is one error
+pick a Hub dataset's config and revision. `with_response: true` reads conversations that end with
+the assistant's answer (an SFT set, a chat corpus such as FuseChat-Mixture): that last turn becomes
+the prompt's reference response (`meta["response"]`, the text of explicit fusion's `corpus: prompts`). A missing column or a malformed row is one error
 line naming the file, the row and the column; nothing is dropped silently.
 """
 
@@ -41,6 +43,7 @@ def build(
     limit: int | None = None,
     name: str | None = None,
     revision: str | None = None,
+    with_response: bool = False,
 ) -> list[dict]:
     fields = [f for f in (messages_field, gold_field, tests_field) if f]
     hint = "; name the right ones with args messages_field / gold_field / tests_field"
@@ -51,6 +54,12 @@ def build(
     for i, row in iter_rows(ds):
         where = f"chat builder: {path}: row {i}, column {messages_field!r}"
         messages = _conversation(row[messages_field], where)
+        meta: dict = {"row": i}
+        if with_response:
+            if len(messages) < 2 or messages[-1].get("role") != "assistant":
+                raise RowError(f"{where}: with_response needs a conversation that ends with the assistant's turn")
+            meta["response"] = messages[-1]["content"]
+            messages = messages[:-1]
         try:
             rows.append(
                 make_prompt(
@@ -59,7 +68,7 @@ def build(
                     messages=messages,
                     gold=None if gold_field is None else str(row[gold_field]),
                     tests=None if tests_field is None else list(row[tests_field] or []),
-                    meta={"row": i},
+                    meta=meta,
                 )
             )
         except (RowError, TypeError, KeyError) as e:

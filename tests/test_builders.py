@@ -15,6 +15,7 @@ import pytest
 from data_builders import Built, as_built, collect, run_builder
 from data_builders._steps import Decontaminator, dedup_key, heuristic, math_or_code, normalise, prepare, select
 from data_builders.helpsteer2 import conversation
+from fusechat3.errors import RowError
 from fusechat3.recipe import BuilderSpec, RecipeError, load_recipe, parse_recipe
 from fusechat3.run import Run
 from fusechat3.schema import make_prompt, prompt_meta
@@ -376,3 +377,20 @@ def test_prompts_stage_with_several_builders_reports_counts(tmp_path: Path) -> N
     uf, hs = summary["specs"][:2]
     assert uf["skipped"]["contaminated"] == hs["skipped"]["contaminated"] == 1
     assert hs["skipped"]["duplicate_prompt"] == 0 and summary["rows_out"] == 18
+
+
+def test_chat_builder_with_response_keeps_the_answer_as_the_reference(tmp_path):
+    from data_builders.chat import build as chat
+
+    path = tmp_path / "corpus.jsonl"
+    convs = [
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+    ]
+    path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))
+    rows = chat(str(path), with_response=True)
+    assert [r["messages"] for r in rows] == [c[:1] for c in convs]
+    assert [prompt_meta(r)["response"] for r in rows] == ["4", "hello"]
+    path.write_text(json.dumps({"messages": convs[0][:1]}) + "\n")
+    with pytest.raises(RowError, match="row 0.*with_response needs a conversation that ends with the assistant"):
+        chat(str(path), with_response=True)
