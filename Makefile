@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint toyworld clean-runs
+.PHONY: install demo demo-explicit test test-slow lint toyworld clean-runs
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ demo: $(STAMP)
 	$(BIN)/fusechat3 run $(RECIPE) --set seed=$(SEED)
 	$(BIN)/fusechat3 report $(RECIPE) --set seed=$(SEED)
 	$(BIN)/fusechat3 push $(RECIPE) --set seed=$(SEED) --local-dir
+
+# Explicit fusion (FuseLLM) on the toy world: represent -> teacher -> fuse-train (+ its LM-only control) -> eval.
+demo-explicit: $(STAMP)
+	$(BIN)/fusechat3 run recipes/toyworld/explicit.yaml --set seed=$(SEED)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -262,3 +262,11 @@ def test_explicit_settings_errors_are_one_line(tmp_path):
     # An implicit-only stage of this recipe is off, with the reason.
     with pytest.raises(UserError, match="stage 'sft' is off"):
         stage("sft").run(run)
+
+
+def test_the_control_does_not_depend_on_fusion_lambda(tmp_path):
+    path = _recipe(tmp_path)
+    a, b = _run(path), _run(path, "fuse_train.fusion_lambda=0.5")
+    assert a.key("fuse-train/lm_only") == b.key("fuse-train/lm_only")
+    assert a.key("fuse-train/all") != b.key("fuse-train/all")
+    assert a.key("fuse-train/lm_only") != _run(path, "fuse_train.learning_rate=0.01").key("fuse-train/lm_only")

@@ -319,6 +319,13 @@ def _check_fuse_train(run: Run) -> None:
         raise type(e)(f"{run.recipe.path or 'recipe'}: {e}") from None
 
 
+def _fuse_settings(run: Run, part: str | None) -> dict:
+    section = as_dict(run.recipe.fuse_train)
+    if part == LM_ONLY:  # the control does not depend on fusion_lambda: changing it keeps the trained control
+        section.pop("fusion_lambda", None)
+    return {"section": section, "seed": run.recipe.seed, "target": run.recipe.target.model, "lm_only": part == LM_ONLY}
+
+
 def _fuse_arguments(parser) -> None:
     parser.add_argument("--part", dest="only", help="train only this part (e.g. all, lm_only, or a source's name)")
 
@@ -328,12 +335,7 @@ FUSE_TRAIN = StageDef(
     help="fusion training of the target on each fused teacher (explicit fusion); or from a config (model: + fuse_train:)",
     run=run_fuse_train,
     reads=("teacher",),
-    settings=lambda run, part: {
-        "section": as_dict(run.recipe.fuse_train),
-        "seed": run.recipe.seed,
-        "target": run.recipe.target.model,
-        "lm_only": part == LM_ONLY,
-    },
+    settings=lambda run, part: _fuse_settings(run, part),
     parts=fuse_parts,
     outputs=_TRAINING_OUTPUTS,
     enabled=explicit,
