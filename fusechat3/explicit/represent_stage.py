@@ -39,10 +39,17 @@ def model_of(recipe, part: str) -> tuple[str, str | None]:
     return src.model, recipe.chat_template(src)
 
 
+def engine_of(recipe, part: str) -> dict:
+    """The vLLM engine options of a represent part: `explicit.represent.engine`, under the source's own
+    `engine:` (its tensor_parallel_size, max_model_len...), as it is sampled."""
+    own = {} if part == TARGET_PART else recipe.source(part).engine
+    return {**recipe.explicit.represent.engine, **own}
+
+
 class _Backend:
     """One model's representations, by the recipe's backend (hf: transformers forward; vllm: prompt_logprobs)."""
 
-    def __init__(self, spec, path: str, template: str | None) -> None:
+    def __init__(self, spec, path: str, template: str | None, engine: dict) -> None:
         from transformers import AutoTokenizer
 
         self.spec = spec
@@ -52,7 +59,7 @@ class _Backend:
         if spec.backend == "vllm":
             from fusechat3.explicit.represent_vllm import open_engine
 
-            self.llm = open_engine(path, **spec.engine)
+            self.llm = open_engine(path, **engine)
         else:
             import torch
             from transformers import AutoModelForCausalLM
@@ -126,7 +133,7 @@ def _represent_part(run: Run, part: str, corpus: list[dict], shard: tuple[int, i
     if todo:
         ref, template = model_of(run.recipe, part)
         log(f"{name}: {len(todo)} of {len(ranges)} shards to do, {spec.backend}")
-        backend = _Backend(spec, resolve_model(ref), template)
+        backend = _Backend(spec, resolve_model(ref), template, engine_of(run.recipe, part))
         try:
             for i, lo, hi in todo:
                 t0 = time.time()
@@ -169,7 +176,13 @@ def _summary(infos: dict[str, dict], n: int) -> dict[str, Any]:
 def _settings(run: Run, part: str | None) -> dict:
     spec = run.recipe.explicit
     ref, template = model_of(run.recipe, part)
-    return {"model": ref, "template": template, "top_k": spec.top_k, "represent": as_dict(spec.represent)}
+    return {
+        "model": ref,
+        "template": template,
+        "top_k": spec.top_k,
+        "represent": as_dict(spec.represent),
+        "engine": engine_of(run.recipe, part),
+    }
 
 
 def _arguments(parser) -> None:

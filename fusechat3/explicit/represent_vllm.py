@@ -19,7 +19,8 @@ def open_engine(model: str, **engine_kwargs):
     """A vLLM engine for prompt log-probs (`vllm_engine.open_llm` with prefix caching off)."""
     from fusechat3.vllm_engine import open_llm
 
-    return open_llm(model, enable_prefix_caching=False, where="represent engine", **engine_kwargs)
+    # Cached prompt tokens get no prompt log-probs: caching is off whatever the engine options say.
+    return open_llm(model, where="represent engine", **{**engine_kwargs, "enable_prefix_caching": False})
 
 
 def represent_vllm(llm, tok, conversations: list[list[dict]], k: int = 10) -> list[dict]:

@@ -27,7 +27,9 @@ class RepresentSpec(Section):
     shard_size: int = Field(512, ge=1)  # conversations per shard: the unit of resume and of `--shard i/n`
     max_length: int = Field(4096, ge=2)  # longer conversations (in the model's own tokens) are skipped, counted
     dtype: str = "float32"  # the model's torch dtype (hf); log-softmax and cross-entropy are float32 anyway
-    engine: dict = {}  # vLLM engine options (vllm backend): max_model_len, tensor_parallel_size, dtype, ...
+    # vLLM engine options (vllm backend): max_model_len, dtype, ...; each source's own `engine:` (e.g. its
+    # tensor_parallel_size) goes over these. Prefix caching is always off (cached tokens get no log-probs).
+    engine: dict = {}
 
 
 class ExplicitSpec(Section):
