@@ -5,7 +5,8 @@ Columns: `problem`, `generated_solution`, `expected_answer`, `problem_source` (`
 row, from the first. The gold answer is `expected_answer` as it is (raw LaTeX; the math scorer
 reads it as LaTeX); `meta["problem_source"]` keeps its source. `problem_sources` keeps only problems
 of those sources (the others are counted `problem_source_not_selected`); a problem without an
-expected answer is counted `no_gold`.
+expected answer is counted `no_gold`. `with_response: true` keeps the problem's first
+`generated_solution` as its reference response (`meta["response"]`: explicit fusion's training text).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def build(
     limit: int | None = None,
     revision: str | None = None,
     problem_sources: list[str] | None = None,
+    with_response: bool = False,
 ) -> Built:
     if problem_sources is not None and (
         not isinstance(problem_sources, list) or not all(isinstance(s, str) for s in problem_sources)
@@ -32,9 +34,8 @@ def build(
             f"(e.g. [gsm8k, math, augmented_gsm8k, augmented_math]), got {problem_sources!r}"
         )
     wanted = None if problem_sources is None else set(problem_sources)
-    ds = load(
-        "openmathinstruct2", path, ["problem", "expected_answer", "problem_source"], split=split, revision=revision
-    )
+    columns = ["problem", "expected_answer", "problem_source", *(["generated_solution"] if with_response else [])]
+    ds = load("openmathinstruct2", path, columns, split=split, revision=revision)
     out = PromptSet("openmathinstruct2", path, HUB_ID, "math", limit=limit, merge=True)
     for i, row in iter_rows(ds):
         if out.full:
@@ -45,5 +46,8 @@ def build(
         elif not gold:
             out.skip("no_gold", problem)
         else:
-            out.add(i, problem, gold=gold, meta={"problem_source": row["problem_source"]})
+            meta = {"problem_source": row["problem_source"]}
+            if with_response:
+                meta["response"] = text(row["generated_solution"])
+            out.add(i, problem, gold=gold, meta=meta)
     return out.built

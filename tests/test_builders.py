@@ -32,6 +32,10 @@ def build(name: str, **args) -> Built:
     return as_built(run_builder(name, {"path": fixture(name), **args}))
 
 
+def fixture_lines(name: str) -> list[str]:
+    return (Path(fixture(name)) / "train.jsonl").read_text().splitlines()
+
+
 def texts(built: Built) -> list[str]:
     return [r["messages"][-1]["content"] for r in built.rows]
 
@@ -103,6 +107,14 @@ def test_openmathinstruct2_one_prompt_per_problem_gold_as_is_and_source_filter(t
     assert len(build("openmathinstruct2", limit=2).rows) == 2  # limit counts problems
     with pytest.raises(ValueError, match="problem_sources must be a list"):
         build("openmathinstruct2", problem_sources="gsm8k")
+    # with_response: the first solution of each problem is its reference response (explicit fusion's text)
+    first = [json.loads(line) for line in fixture_lines("openmathinstruct2")]
+    firsts = {}
+    for row in first:
+        firsts.setdefault(row["problem"], row["generated_solution"])
+    with_text = build("openmathinstruct2", with_response=True)
+    assert [prompt_meta(r)["response"] for r in with_text.rows] == [firsts[t] for t in texts(with_text)]
+    assert "response" not in prompt_meta(built.rows[0])
     path = tmp_path / "omi.jsonl"
     rows = [{"problem": "What is 2+2?", "generated_solution": "4", "expected_answer": "", "problem_source": "math"}]
     path.write_text(json.dumps(rows[0]) + "\n")
