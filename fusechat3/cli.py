@@ -120,6 +120,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     from fusechat3.run import Run
 
     run = Run(load_recipe(args.recipe, args.overrides))
+    if args.command in ("report", "push") and run.recipe.scoring is None:
+        raise UserError(
+            f"{args.recipe}: `fusechat3 {args.command}` works on the implicit path's built sets, and this recipe has "
+            "none (no scoring: section); its results are in the run's eval/scoreboard.json"
+        )
     if stage is not None:
         stage.run(run, **{name: getattr(args, name) for name in getattr(args, "stage_options", [])})
     elif args.command == "run":

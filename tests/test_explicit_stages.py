@@ -270,3 +270,13 @@ def test_the_control_does_not_depend_on_fusion_lambda(tmp_path):
     assert a.key("fuse-train/lm_only") == b.key("fuse-train/lm_only")
     assert a.key("fuse-train/all") != b.key("fuse-train/all")
     assert a.key("fuse-train/lm_only") != _run(path, "fuse_train.learning_rate=0.01").key("fuse-train/lm_only")
+
+
+def test_report_and_push_of_an_explicit_only_recipe_are_one_line(tmp_path, capsys):
+    from fusechat3.cli import main
+
+    path = _recipe(tmp_path)
+    for command in (["report", str(path)], ["push", str(path), "--local-dir"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"`fusechat3 {command[0]}` works on the implicit path's built sets" in err
