@@ -280,3 +280,24 @@ def test_report_and_push_of_an_explicit_only_recipe_are_one_line(tmp_path, capsy
         assert main(command) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"`fusechat3 {command[0]}` works on the implicit path's built sets" in err
+
+
+@pytest.mark.slow
+def test_the_vllm_backend_through_the_stage_gives_the_hf_rows(tmp_path):
+    """`represent.backend: vllm` with a source's own engine options, against the hf backend's rows."""
+    from fusechat3.explicit.represent import from_row
+
+    path = _recipe(tmp_path)
+    hf = _run(path, f"run_dir={tmp_path / 'hf'}")
+    _through(hf, "corpus")
+    stage("represent").run(hf, model="qwen2-code")
+    vl = _run(path, "explicit.represent.backend=vllm", "sources.1.engine={max_model_len: 512}")
+    _through(vl, "corpus")
+    stage("represent").run(vl, model="qwen2-code")
+    for a, b in zip(hf.read("represent/qwen2-code"), vl.read("represent/qwen2-code"), strict=True):
+        a, b = from_row(a), from_row(b)
+        assert (a["ids"] == b["ids"]).all() and (a["top_ids"] == b["top_ids"]).mean() > 0.99
+        np.testing.assert_allclose(
+            b["top_logprobs"].astype(np.float32), a["top_logprobs"].astype(np.float32), atol=2e-3
+        )
+        assert float(b["ce"]) == pytest.approx(float(a["ce"]), rel=1e-4, abs=1e-6)
