@@ -301,3 +301,26 @@ def test_the_vllm_backend_through_the_stage_gives_the_hf_rows(tmp_path):
             b["top_logprobs"].astype(np.float32), a["top_logprobs"].astype(np.float32), atol=2e-3
         )
         assert float(b["ce"]) == pytest.approx(float(a["ce"]), rel=1e-4, abs=1e-6)
+
+
+def test_plain_text_corpus_labels_every_token(tmp_path):
+    """`render: plain` (FuseLLM's continual training on text): prompts without responses are texts, written
+    without a chat template, with every token after BOS labelled; the teacher covers them."""
+    from transformers import AutoTokenizer
+
+    from fusechat3.explicit.represent import encode, from_row
+    from fusechat3.recipe import resolve_model
+
+    path = _recipe(tmp_path, render="plain")
+    run = _run(path, "prompts.0.args.with_response=false", "prompts.0.args.near_miss=0")
+    _through(run, "teacher")
+    corpus = run.read("corpus")
+    assert len(corpus) == 13 and all(len(c["messages"]) == 1 for c in corpus)
+    tok = AutoTokenizer.from_pretrained(resolve_model("toyworld:qwen2-code"))
+    for row, conv in zip(run.read("represent/qwen2-code"), corpus, strict=True):
+        rep = from_row(row)
+        enc = encode(tok, conv["messages"], plain=True)
+        assert enc["text"] == (tok.bos_token or "") + conv["messages"][0]["content"]
+        np.testing.assert_array_equal(rep["ids"], enc["ids"])
+        assert rep["mask"][len(tok(tok.bos_token or "", add_special_tokens=False)["input_ids"]) :].all()
+    assert len(run.read("teacher/all")) == 13

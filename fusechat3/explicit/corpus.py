@@ -6,6 +6,8 @@ assistant turn (`runs/<name>/corpus/corpus.parquet`: prompt_id, domain, messages
 - `prompts`: each prompt row of the `prompts` stage with its reference response, `meta["response"]`
   (a data builder writes it: the toy world's `with_response: true`). Rows without one are skipped
   and counted (`no_response`), never dropped silently.
+  With `explicit.render: plain` (a text corpus, FuseLLM), a prompt without a response is a training
+  text as it is: its own contents.
 - `sft`: the implicit path's built SFT set (`build/sft.parquet`): the best source responses, the
   same kind of data as FuseChat-1.0/2.0's training mixture.
 """
@@ -26,8 +28,12 @@ def corpus_rows(run: Run) -> tuple[list[dict], Counter]:
     rows = []
     if run.recipe.explicit.corpus == "sft":
         return _sft_rows(run), skipped
+    plain = run.recipe.explicit.render == "plain"
     for row in run.read("prompts"):
         response = prompt_meta(row).get("response")
+        if plain and response is None:  # plain text: the prompt's own text is the training text
+            rows.append({"prompt_id": row["prompt_id"], "domain": row["domain"], "messages": row["messages"]})
+            continue
         if not isinstance(response, str) or not response.strip():
             skipped["no_response"] += 1
             continue
@@ -81,7 +87,11 @@ CORPUS = StageDef(
     help="the training texts of explicit fusion: prompts with their reference responses, or the SFT set",
     run=run_corpus,
     reads=("prompts",),
-    settings=lambda run, part: {"corpus": run.recipe.explicit.corpus, "build": _build_key(run)},
+    settings=lambda run, part: {
+        "corpus": run.recipe.explicit.corpus,
+        "plain": run.recipe.explicit.render == "plain",
+        "build": _build_key(run),
+    },
     outputs={"rows": "corpus.parquet"},
     enabled=explicit,
     disabled_reason=EXPLICIT_OFF,

@@ -16,9 +16,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def render(tok, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+def render(tok, messages: list[dict], plain: bool = False) -> tuple[str, list[tuple[int, int]]]:
     """The conversation as the model's chat template writes it, and the character spans of the
-    assistant turns' contents in it (found in order; a template that rewrites a content is refused)."""
+    assistant turns' contents in it (found in order; a template that rewrites a content is refused).
+
+    `plain`: plain text, as FuseLLM's continual training reads its corpus: the contents joined by a blank
+    line, after the tokenizer's BOS token if it has one, with every content token labelled (one span)."""
+    if plain:
+        bos = tok.bos_token or ""
+        text = bos + "\n\n".join(m["content"] for m in messages)
+        return text, [(len(bos), len(text))]
     text = tok.apply_chat_template(messages, tokenize=False)
     spans, cursor = [], 0
     for m in messages:
@@ -37,11 +44,11 @@ def inside(spans: np.ndarray, a: int, b: int) -> np.ndarray:
     return (spans[:, 0] >= a) & (spans[:, 1] <= b) & (spans[:, 1] > spans[:, 0])
 
 
-def encode(tok, messages: list[dict]) -> dict:
+def encode(tok, messages: list[dict], plain: bool = False) -> dict:
     """Token ids of the rendered conversation (its special tokens are in the template), their
     character spans, the label mask (True on the tokens of an assistant turn's content and on the
     token right after it, the template's end of turn) and `turns`, the contents' character spans."""
-    text, turns = render(tok, messages)
+    text, turns = render(tok, messages, plain)
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     spans = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     mask = np.zeros(len(spans), dtype=bool)
@@ -54,13 +61,15 @@ def encode(tok, messages: list[dict]) -> dict:
     return {"text": text, "ids": ids, "spans": spans, "mask": mask, "turns": np.asarray(turns, np.int64).reshape(-1, 2)}
 
 
-def represent(model, tok, conversations: list[list[dict]], k: int = 10, batch_size: int = 8) -> list[dict]:
+def represent(
+    model, tok, conversations: list[list[dict]], k: int = 10, batch_size: int = 8, plain: bool = False
+) -> list[dict]:
     """Per conversation: `encode`'s fields plus `top_ids` int32 [L, k], `top_logprobs` float16 [L, k]
     and `ce` (float32 mean cross-entropy over the label positions; NaN where there are none).
     Batches are right-padded, so every row sees exactly its own tokens."""
     import torch
 
-    encoded = [encode(tok, c) for c in conversations]
+    encoded = [encode(tok, c, plain) for c in conversations]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]["ids"]))  # similar lengths together

@@ -49,10 +49,10 @@ def engine_of(recipe, part: str) -> dict:
 class _Backend:
     """One model's representations, by the recipe's backend (hf: transformers forward; vllm: prompt_logprobs)."""
 
-    def __init__(self, spec, path: str, template: str | None, engine: dict) -> None:
+    def __init__(self, spec, path: str, template: str | None, engine: dict, plain: bool) -> None:
         from transformers import AutoTokenizer
 
-        self.spec = spec
+        self.spec, self.plain = spec, plain
         self.tok = AutoTokenizer.from_pretrained(path)
         if template is not None:
             self.tok.chat_template = template
@@ -71,10 +71,10 @@ class _Backend:
         if self.spec.backend == "vllm":
             from fusechat3.explicit.represent_vllm import represent_vllm
 
-            return represent_vllm(self.llm, self.tok, conversations, k=k)
+            return represent_vllm(self.llm, self.tok, conversations, k=k, plain=self.plain)
         from fusechat3.explicit.represent import represent
 
-        return represent(self.model, self.tok, conversations, k=k, batch_size=self.spec.batch_size)
+        return represent(self.model, self.tok, conversations, k=k, batch_size=self.spec.batch_size, plain=self.plain)
 
     def close(self) -> None:
         if self.spec.backend == "vllm":
@@ -83,14 +83,14 @@ class _Backend:
             close_llm(self)
 
 
-def _usable(tok, rows: list[dict], max_length: int) -> tuple[list[dict], dict[str, str]]:
+def _usable(tok, rows: list[dict], max_length: int, plain: bool) -> tuple[list[dict], dict[str, str]]:
     """The rows this model can represent, and {prompt_id: why not} for the others."""
     from fusechat3.explicit.represent import encode
 
     ok, skipped = [], {}
     for row in rows:
         try:
-            n = len(encode(tok, row["messages"])["ids"])
+            n = len(encode(tok, row["messages"], plain)["ids"])
         except ValueError:
             skipped[row["prompt_id"]] = "template_rewrites_content"
             continue
@@ -133,11 +133,12 @@ def _represent_part(run: Run, part: str, corpus: list[dict], shard: tuple[int, i
     if todo:
         ref, template = model_of(run.recipe, part)
         log(f"{name}: {len(todo)} of {len(ranges)} shards to do, {spec.backend}")
-        backend = _Backend(spec, resolve_model(ref), template, engine_of(run.recipe, part))
+        plain = run.recipe.explicit.render == "plain"
+        backend = _Backend(spec, resolve_model(ref), template, engine_of(run.recipe, part), plain)
         try:
             for i, lo, hi in todo:
                 t0 = time.time()
-                rows, skipped = _usable(backend.tok, corpus[lo:hi], spec.max_length)
+                rows, skipped = _usable(backend.tok, corpus[lo:hi], spec.max_length, plain)
                 reps = backend([r["messages"] for r in rows], k) if rows else []
                 out = [to_row(r["prompt_id"], rep) for r, rep in zip(rows, reps, strict=True)]
                 info = {
@@ -180,6 +181,7 @@ def _settings(run: Run, part: str | None) -> dict:
         "model": ref,
         "template": template,
         "top_k": spec.top_k,
+        "render": spec.render,
         "represent": as_dict(spec.represent),
         "engine": engine_of(run.recipe, part),
     }

@@ -23,12 +23,12 @@ def open_engine(model: str, **engine_kwargs):
     return open_llm(model, where="represent engine", **{**engine_kwargs, "enable_prefix_caching": False})
 
 
-def represent_vllm(llm, tok, conversations: list[list[dict]], k: int = 10) -> list[dict]:
+def represent_vllm(llm, tok, conversations: list[list[dict]], k: int = 10, plain: bool = False) -> list[dict]:
     """`represent.represent`'s rows, computed by vLLM (`llm`, from `open_engine`)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    encoded = [encode(tok, c) for c in conversations]
+    encoded = [encode(tok, c, plain) for c in conversations]
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, logprobs=k)
     outs = llm.generate([TokensPrompt(prompt_token_ids=e["ids"].tolist()) for e in encoded], params, use_tqdm=False)
     for e, out in zip(encoded, outs, strict=True):

@@ -38,6 +38,10 @@ class ExplicitSpec(Section):
     # The training texts. "prompts": each prompt row with its reference response (`meta["response"]`, which a
     # data builder writes: e.g. the toy world's `with_response: true`); "sft": the build stage's SFT set.
     corpus: Literal["prompts", "sft"] = "prompts"
+    # How a text is written for the models: "chat", each model's own chat template with the loss on the
+    # assistant turns (FuseChat); "plain", the turns' contents as plain text with the loss on every token
+    # (FuseLLM's continual training on a text corpus: a prompt needs no response then).
+    render: Literal["chat", "plain"] = "chat"
     sources: list[str] | None = Field(None, min_length=1)  # the sources fused (null: every role: source entry)
     top_k: int = Field(10, ge=1)  # ids kept per position, in each source's representation and in the teacher
     method: Literal["minCE", "avgCE"] = "minCE"  # how the sources' distributions are fused per text

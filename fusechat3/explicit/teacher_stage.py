@@ -100,7 +100,7 @@ def run_teacher(run: Run) -> None:
     targets, bad = {}, Counter()
     for row in corpus:
         try:
-            targets[row["prompt_id"]] = encode(tok, row["messages"])
+            targets[row["prompt_id"]] = encode(tok, row["messages"], run.recipe.explicit.render == "plain")
         except ValueError:
             bad["target_template_rewrites_content"] += 1
     for part in parts:
