@@ -226,6 +226,24 @@ def test_fuse_train_trains_the_fused_target_and_its_control(tmp_path):
            for p in ("all", "lm_only")}  # fmt: skip
     assert lam == {"all": 0.9, "lm_only": 1.0}
 
+    # The same training from a training config file (what `accelerate launch -m fusechat3.training.fusion` reads).
+    from fusechat3.cli import main
+
+    config = tmp_path / "fuse_train.yaml"
+    teacher = run.output("teacher", "rows", "all")
+    config.write_text(
+        json.dumps(
+            {
+                "model": "toyworld:target",
+                "train_files": [str(teacher)],
+                "output_dir": str(tmp_path / "from-config"),
+                "fuse_train": {"max_steps": 1, "per_device_train_batch_size": 4, "report_to": "none"},
+            }
+        )
+    )
+    assert main(["fuse-train", str(config)]) == 0
+    assert json.loads((tmp_path / "from-config" / "trainer_state.json").read_text())["global_step"] == 1
+
 
 def test_pairwise_fusion_has_one_teacher_per_source(tmp_path):
     run = _run(_recipe(tmp_path, pairwise=True, control=False))
