@@ -40,6 +40,34 @@ def test_to_target_takes_aligned_distributions_and_the_next_token_elsewhere():
     assert _as_dict(merged, 0) == {12: 1.0}
 
 
+def test_same_next_keeps_a_source_distribution_only_where_the_next_tokens_are_the_same():
+    """`same_next`: a position keeps the source's distribution only where the next source token is the
+    next target token; where the source splits the next target token, the one-hot on it."""
+    target_ids = [10, 11, 12, 13, 14, 15]
+    top_ids = np.array([[0, 1], [2, 3], [4, 5], [0, 2], [1, 3], [4, 0], [1, 2]])
+    top_lp = np.log(np.full((7, 2), 0.5))
+    vocab_map = np.arange(6) + 20
+    groups = np.array(
+        [
+            [0, 1, 0, 1],  # target 0 = source 0
+            [1, 2, 1, 2],  # target 1 = source 1
+            [2, 3, 2, 4],  # target 2 = source pieces 2, 3
+            [3, 4, 4, 5],  # target 3 = source 4
+            [4, 5, 5, 6],  # target 4 = source 5
+        ]
+    )
+    papers = to_target(top_ids, top_lp, groups, target_ids, vocab_map, k=3)
+    assert _as_dict(papers, 1) == {22: 0.5, 23: 0.5}  # source position 1 predicts piece 2 only: kept anyway
+    got = to_target(top_ids, top_lp, groups, target_ids, vocab_map, k=3, same_next=np.array([[5, 6]]))
+    assert _as_dict(got, 0) == {20: 0.5, 21: 0.5}  # next: target 1 = source 1, the same token
+    assert _as_dict(got, 1) == {12: 1.0}  # next: target 2, which the source splits: one-hot
+    assert _as_dict(got, 2) == {20: 0.5, 22: 0.5}  # last piece (source 3) predicts source 4 = target 3
+    assert _as_dict(got, 3) == {21: 0.5, 23: 0.5}  # next: target 4 = source 5
+    assert _as_dict(got, 4) == {24: 0.5, 20: 0.5}  # next: target 5 = source 6, a given pair (end of turn)
+    without = to_target(top_ids, top_lp, groups, target_ids, vocab_map, k=3, same_next=np.zeros((0, 2)))
+    assert _as_dict(without, 4) == {15: 1.0}  # without that pair: one-hot on the next target token
+
+
 def test_min_ce_and_avg_ce_with_three_sources():
     a = Sparse(np.array([[1, 2, -1]]), np.array([[0.5, 0.5, 0.0]], np.float32))
     b = Sparse(np.array([[2, 3, -1]]), np.array([[0.8, 0.2, 0.0]], np.float32))

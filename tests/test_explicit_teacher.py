@@ -44,7 +44,8 @@ def test_a_source_with_another_tokenizer_and_template(world):
     (tm, tt), (sm, st) = world["target"], world["qwen2-code"]
     conv = _conversation()
     t_rep, s_rep = represent(tm, tt, [conv], k=5)[0], represent(sm, st, [conv], k=5)[0]
-    groups, ends = turn_groups(t_rep, s_rep)
+    groups, ends, end_pos = turn_groups(t_rep, s_rep)
+    assert [(int(t_rep["ids"][t]), int(s_rep["ids"][s])) for t, s in end_pos] == [(b, a) for a, b in ends]
     # The end of turn pairs qwen's <|im_end|> with the target's <|eot_id|>.
     assert ends == [(st.convert_tokens_to_ids("<|im_end|>"), tt.convert_tokens_to_ids("<|eot_id|>"))]
     vmap = vocab_map(st, tt)
@@ -75,7 +76,7 @@ def test_a_turn_whose_offsets_fail_is_aligned_by_mined(world):
     broken["spans"][inside[1]] = broken["spans"][inside[1], 0]  # a content token covering nothing
     with pytest.raises(ValueError, match="piece texts"):
         turn_groups(t_rep, broken)
-    groups, _ = turn_groups(t_rep, broken, piece_texts(tt, t_rep), piece_texts(st, s_rep))
+    groups, _, _ = turn_groups(t_rep, broken, piece_texts(tt, t_rep), piece_texts(st, s_rep))
     content = groups[1:]  # after the pair of tokens before the turn
     assert content[0, 0] == np.flatnonzero(t_rep["mask"])[0] and content[0, 2] == inside[0]
     assert np.all(content[1:, 0] == content[:-1, 1]) and np.all(content[1:, 2] == content[:-1, 3])

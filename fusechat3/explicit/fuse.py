@@ -63,15 +63,31 @@ def to_target(
     target_ids,
     vocab_map: np.ndarray,
     k: int = 10,
+    same_next: np.ndarray | None = None,
 ) -> Sparse:
     """One source's top-k next-token distributions ([L_source, k] source ids and log-probs) on the
-    target's positions and ids, given the alignment `groups` (align.Alignment.groups)."""
+    target's positions and ids, given the alignment `groups` (align.Alignment.groups).
+
+    `same_next` ([E, 2] of (target position, source position), e.g. the end-of-turn tokens): when given,
+    a position keeps the source's distribution only where the next source token *is* the next target
+    token (a one-to-one group, or one of these pairs), and gets the one-hot elsewhere. Where the source
+    splits the next target token into pieces (" D" "OOR" for " DOOR"), its distribution is over the first
+    piece only, which the vocabulary map sends to a target token that is not the text's (" D"): the
+    papers' rule keeps it (`same_next=None`)."""
     target_ids = np.asarray(target_ids, dtype=np.int64)
     length = len(target_ids)
     g = np.asarray(groups, dtype=np.int64).reshape(-1, 4)
     src_pos = np.full(length, -1, dtype=np.int64)
     single = g[:, 1] - g[:, 0] == 1  # one-to-one, or several source pieces -> one target token
     src_pos[g[single, 0]] = g[single, 3] - 1
+    if same_next is not None:
+        partner = np.full(length + 1, -2, dtype=np.int64)  # the source token that is the same as target token t
+        one = g[single & (g[:, 3] - g[:, 2] == 1)]
+        partner[one[:, 0]] = one[:, 2]
+        pairs = np.asarray(same_next, dtype=np.int64).reshape(-1, 2)
+        partner[pairs[:, 0]] = pairs[:, 1]
+        keep = (src_pos >= 0) & (partner[1:] == src_pos + 1)
+        src_pos[~keep] = -1
     has = np.flatnonzero(src_pos >= 0)
     ids = vocab_map[np.asarray(top_ids, dtype=np.int64)[src_pos[has]]]
     probs = np.exp(np.asarray(top_logprobs, dtype=np.float64)[src_pos[has]])

@@ -45,6 +45,10 @@ class ExplicitSpec(Section):
     sources: list[str] | None = Field(None, min_length=1)  # the sources fused (null: every role: source entry)
     top_k: int = Field(10, ge=1)  # ids kept per position, in each source's representation and in the teacher
     method: Literal["minCE", "avgCE"] = "minCE"  # how the sources' distributions are fused per text
+    # A position whose next target token the source splits into pieces (" D" "OOR" for " DOOR") has a source
+    # distribution over the first piece only, which maps to another target token (" D"). "source": use it
+    # anyway (FuseLLM, FuseChat); "onehot": the one-hot on the next target token there.
+    split_next: Literal["source", "onehot"] = "source"
     # false: one teacher of all the sources (FuseLLM); true: one per source, the target with that source
     # (FuseChat-1.0/2.0), each trained into its own fused target.
     pairwise: bool = False

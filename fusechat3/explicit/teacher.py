@@ -22,11 +22,12 @@ from fusechat3.explicit.tokens import bytes_text
 
 def turn_groups(
     target: dict, source: dict, target_texts=None, source_texts=None
-) -> tuple[np.ndarray, list[tuple[int, int]]]:
+) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray]:
     """Alignment groups between two representations (`represent.encode`) of the same conversation,
-    over the assistant turns, and the (source id, target id) pairs of their end-of-turn tokens.
-    `*_texts`: each token's piece text, for the MinED fallback."""
-    groups, ends = [], []
+    over the assistant turns; the (source id, target id) pairs of their end-of-turn tokens; and those
+    tokens' (target position, source position) pairs. `*_texts`: each token's piece text, for the MinED
+    fallback."""
+    groups, ends, end_pos = [], [], []
     for (ta, tb), (sa, sb) in zip(target["turns"].tolist(), source["turns"].tolist(), strict=True):
         ti = np.flatnonzero(inside(target["spans"], ta, tb))
         si = np.flatnonzero(inside(source["spans"], sa, sb))
@@ -45,7 +46,9 @@ def turn_groups(
         t_end, s_end = ti[-1] + 1, si[-1] + 1
         if t_end < len(target["ids"]) and s_end < len(source["ids"]):
             ends.append((int(source["ids"][s_end]), int(target["ids"][t_end])))
-    return (np.concatenate(groups) if groups else np.zeros((0, 4), np.int64)), ends
+            end_pos.append((int(t_end), int(s_end)))
+    out = np.concatenate(groups) if groups else np.zeros((0, 4), np.int64)
+    return out, ends, np.asarray(end_pos, dtype=np.int64).reshape(-1, 2)
 
 
 def teacher(
@@ -55,20 +58,27 @@ def teacher(
     method: str = "minCE",
     k: int = 10,
     texts: tuple[list[str], list[list[str]]] | None = None,
+    split_next: str = "source",
 ) -> Sparse:
     """The fused next-token distribution at every target position of one conversation. `sources`:
     representations (`represent.represent`, with top-k and CE) of the same conversation; `vocab_maps`:
     each source's id -> target id (`vocab.vocab_map`; the identity for the target itself), in which
     the end-of-turn pairs found are set (in place). `texts`:
-    (the target's piece texts, each source's), needed only where a turn's offsets fail (`piece_texts`)."""
+    (the target's piece texts, each source's), needed only where a turn's offsets fail (`piece_texts`).
+    `split_next`: what a position gets when the source splits the next target token differently:
+    "source", its distribution anyway (the papers); "onehot", the one-hot on the next target token
+    (`fuse.to_target`'s `same_next`)."""
+    if split_next not in ("source", "onehot"):
+        raise ValueError(f"split_next must be 'source' or 'onehot', got {split_next!r}")
     dists, ces = [], []
     for n, (rep, vmap) in enumerate(zip(sources, vocab_maps, strict=True)):
-        groups, ends = turn_groups(target, rep, *((texts[0], texts[1][n]) if texts else ()))
+        groups, ends, end_pos = turn_groups(target, rep, *((texts[0], texts[1][n]) if texts else ()))
         for s_id, t_id in ends:
             # End of turn -> the target's own end of turn, written into the caller's map: the pair is
             # the same in every conversation, so the map is set once, not copied per conversation.
             vmap[s_id] = t_id
-        dists.append(to_target(rep["top_ids"], rep["top_logprobs"], groups, target["ids"], vmap, k))
+        same = end_pos if split_next == "onehot" else None
+        dists.append(to_target(rep["top_ids"], rep["top_logprobs"], groups, target["ids"], vmap, k, same_next=same))
         ces.append(float(rep["ce"]))
     return fuse(dists, ces, method, k)
 

@@ -140,10 +140,10 @@ def _teacher_part(run: Run, part: str, corpus: list[dict], targets: dict, tok, b
             if not np.isfinite(s["ce"]):
                 s["ce"] = np.float32(np.inf)  # no label position on that side: never the best source
         try:
-            fused = teacher(t, srcs, maps, spec.method, spec.top_k)
+            fused = teacher(t, srcs, maps, spec.method, spec.top_k, split_next=spec.split_next)
         except ValueError:  # a turn's offsets fail: MinED on the pieces' texts
             texts = (piece_texts(tok, t), [piece_texts(tk, s) for tk, s in zip(toks, srcs, strict=True)])
-            fused = teacher(t, srcs, maps, spec.method, spec.top_k, texts=texts)
+            fused = teacher(t, srcs, maps, spec.method, spec.top_k, texts=texts, split_next=spec.split_next)
             mined += 1
         w = fusion_weights([s["ce"] for s in srcs], spec.method)
         picked[names[int(np.argmax(w))]] += 1
@@ -184,6 +184,7 @@ def _settings(run: Run, part: str | None) -> dict:
     return {
         "members": members(run.recipe, part),
         "method": spec.method,
+        "split_next": spec.split_next,
         "top_k": spec.top_k,
         "vocab_texts": spec.vocab_texts,
         "target": run.recipe.target.model,
