@@ -342,3 +342,34 @@ def test_plain_text_corpus_labels_every_token(tmp_path):
         np.testing.assert_array_equal(rep["ids"], enc["ids"])
         assert rep["mask"][len(tok(tok.bos_token or "", add_special_tokens=False)["input_ids"]) :].all()
     assert len(run.read("teacher/all")) == 13
+
+
+@pytest.mark.slow
+def test_fusion_training_under_accelerate_launch_with_two_processes(tmp_path):
+    """`accelerate launch -m fusechat3.training.fusion` with two CPU processes (DDP over gloo) trains and saves."""
+    run = _run(_recipe(tmp_path))
+    _through(run, "teacher")
+    config = tmp_path / "fuse_train.yaml"
+    out = tmp_path / "launched"
+    config.write_text(
+        json.dumps(
+            {
+                "model": "toyworld:target",
+                "train_files": [str(run.output("teacher", "rows", "all"))],
+                "output_dir": str(out),
+                "fuse_train": {"max_steps": 2, "per_device_train_batch_size": 2, "report_to": "none"},
+            }
+        )
+    )
+    accelerate = Path(sys.executable).with_name("accelerate")
+    done = subprocess.run(
+        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+        + ["--dynamo_backend", "no", "-m", "fusechat3.training.fusion", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    assert (out / "model.safetensors").is_file()
