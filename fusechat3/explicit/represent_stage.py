@@ -14,13 +14,12 @@ the shard records and the summary.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any
 
 from fusechat3.explicit.spec import TARGET_PART
 from fusechat3.recipe import as_dict, resolve_model
 from fusechat3.run import Run, log, print_summary
-from fusechat3.sampling.stage import shard_arg, shard_name, shard_ranges
+from fusechat3.shards import shard_arg, shard_name, shard_ranges, totals
 from fusechat3.stages import EXPLICIT_OFF, StageDef, explicit, require_enabled
 
 
@@ -161,17 +160,8 @@ def _represent_part(run: Run, part: str, corpus: list[dict], shard: tuple[int, i
 
 
 def _summary(infos: dict[str, dict], n: int) -> dict[str, Any]:
-    skipped = Counter(why for info in infos.values() for why in info.get("skipped", {}).values())
-    tokens = sum(info.get("tokens", 0) for info in infos.values())
-    seconds = sum(info.get("seconds", 0.0) for info in infos.values())
-    return {
-        "conversations": n,
-        "represented": sum(info["rows"] for info in infos.values()),
-        "tokens": tokens,
-        "seconds": round(seconds, 1),  # summed over workers: the throughput of one worker
-        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
-        "skipped": dict(skipped),
-    }
+    t = totals(infos)
+    return {"conversations": n, "represented": t.pop("rows"), **t}
 
 
 def _settings(run: Run, part: str | None) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -29,18 +28,11 @@ from fusechat3.errors import RowError
 from fusechat3.recipe import SourceSpec, resolve_model
 from fusechat3.run import Run, log, print_summary
 from fusechat3.schema import check_prompt, make_sample
+from fusechat3.shards import shard_arg, shard_name, shard_ranges, totals
 from fusechat3.stages import IMPLICIT_OFF, StageDef, implicit
 
 if TYPE_CHECKING:
     from fusechat3.sampling.base import Sampler
-
-
-def shard_ranges(n_rows: int, shard_size: int) -> list[tuple[int, int]]:
-    return [(i, min(i + shard_size, n_rows)) for i in range(0, n_rows, shard_size)]
-
-
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}"
 
 
 def run_sample(run: Run, source: str | None = None, shard: tuple[int, int] | None = None) -> None:
@@ -169,24 +161,8 @@ def _sample_shard(
 
 def _source_summary(infos: dict[str, dict], n_prompts: int) -> dict:
     """One source's figures, added up over every shard (whichever worker wrote it)."""
-    skipped: Counter = Counter()
-    skipped_ids: dict[str, list[str]] = {}
-    for shard in sorted(infos):
-        for pid, why in sorted(infos[shard].get("skipped", {}).items()):
-            skipped[why] += 1
-            skipped_ids.setdefault(why, []).append(pid)
-    tokens = sum(i.get("tokens", 0) for i in infos.values())
-    seconds = sum(i.get("seconds", 0.0) for i in infos.values())
-    return {
-        "prompts": n_prompts,
-        "samples": sum(i["rows"] for i in infos.values()),
-        "tokens": tokens,
-        # Shard seconds summed over workers: the throughput of one worker.
-        "seconds": round(seconds, 1),
-        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
-        "skipped": dict(skipped),
-        "skipped_prompt_ids": skipped_ids,
-    }
+    t = totals(infos)
+    return {"prompts": n_prompts, "samples": t.pop("rows"), **t}
 
 
 def write_summary(run: Run) -> dict:
@@ -218,17 +194,6 @@ def _settings(run: Run, part: str | None) -> dict:
         "domains": src.domains,
         "shard_size": run.recipe.sampler.shard_size,
     }
-
-
-def shard_arg(text: str) -> tuple[int, int]:
-    """`--shard I/N` -> (I, N)."""
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must look like I/N (e.g. 3/16), got {text!r}") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"{text}: need 0 <= I < N")
-    return i, n
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
