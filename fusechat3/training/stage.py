@@ -42,9 +42,11 @@ def _trl_args(run: Run, section: TrainSection) -> dict:
     return {"seed": run.recipe.seed, **section.trl}
 
 
-def _eval_files(run: Run, section: TrainSection, data: str) -> list[str] | None:
+def _eval_files(run: Run, section: TrainSection, data: str | None) -> list[str] | None:
     if section.eval_files is not None:
         return list(section.eval_files)
+    if data is None:  # a set the build does not make (the explicit path's teachers): no held-out rows
+        return None
     held = run.output("build", "heldout", set=data)
     return [str(held)] if held.is_file() else None
 
@@ -57,7 +59,7 @@ def _train(
     files: list[str],
     section: TrainSection,
     *,
-    data: str,
+    data: str | None,
     args: dict | None = None,
     part: str | None = None,
 ) -> None:
@@ -305,7 +307,7 @@ def run_fuse_train(run: Run, only: str | None = None) -> None:
         args = _trl_args(run, section)
         if part == LM_ONLY:
             args["fusion_lambda"] = 1.0  # the gold-text loss alone: what the texts teach without the teacher
-        _train(run, FUSE_TRAIN.name, "fusion", model, files, section, data=FUSE_TRAIN.name, args=args, part=part)
+        _train(run, FUSE_TRAIN.name, "fusion", model, files, section, data=None, args=args, part=part)
 
 
 def _check_fuse_train(run: Run) -> None:
@@ -335,7 +337,7 @@ FUSE_TRAIN = StageDef(
     help="fusion training of the target on each fused teacher (explicit fusion); or from a config (model: + fuse_train:)",
     run=run_fuse_train,
     reads=("teacher",),
-    settings=lambda run, part: _fuse_settings(run, part),
+    settings=_fuse_settings,
     parts=fuse_parts,
     outputs=_TRAINING_OUTPUTS,
     enabled=explicit,
