@@ -373,3 +373,18 @@ def test_fusion_training_under_accelerate_launch_with_two_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
     assert (out / "model.safetensors").is_file()
+
+
+def test_the_teacher_summary_says_how_each_source_id_was_mapped(tmp_path):
+    from transformers import AutoTokenizer
+
+    from fusechat3.recipe import resolve_model
+
+    run = _run(_recipe(tmp_path))
+    _through(run, "teacher")
+    vocab = run.stage("teacher/all").summary()["vocabulary"]
+    for src in SOURCES:
+        size = len(AutoTokenizer.from_pretrained(resolve_model(f"toyworld:{src}")))
+        how = vocab[src]
+        assert how["exact"] + how["statistics"] + how["mined"] == size and how["texts_counted"] == 13
+        assert how["exact"] > 0 and how["pairs_counted"] > 0

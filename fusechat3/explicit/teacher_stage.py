@@ -62,7 +62,7 @@ def _groups(target: dict, rep: dict, texts) -> tuple[np.ndarray, bool]:
 def vocabulary(run: Run, corpus, targets: dict, tok, member: str, reps: dict) -> tuple[np.ndarray, dict]:
     """A member's vocabulary map into the target's, and how each of its ids was mapped."""
     from fusechat3.explicit.teacher import piece_texts
-    from fusechat3.explicit.vocab import CoAlignment, exact_map, vocab_bytes, vocab_map
+    from fusechat3.explicit.vocab import CoAlignment, vocab_map
 
     if member == TARGET_PART:
         return np.arange(len(tok), dtype=np.int64), {"identity": len(tok)}
@@ -80,11 +80,9 @@ def vocabulary(run: Run, corpus, targets: dict, tok, member: str, reps: dict) ->
         content = groups[t["mask"][groups[:, 0]]]  # the assistant contents only, not the template tokens
         co.add_alignment(s["ids"], t["ids"], content)
         counted += 1
-    vmap = vocab_map(s_tok, tok, co)
-    exact = int((exact_map(vocab_bytes(s_tok), vocab_bytes(tok)) >= 0).sum())
-    co.flush()
-    stats = len(np.unique(np.divmod(co.keys, co.v_target)[0]))
-    return vmap, {"texts_counted": counted, "exact": exact, "pairs_counted": int(len(co.keys)), "ids_aligned": stats}
+    how: dict = {}
+    vmap = vocab_map(s_tok, tok, co, counts=how)
+    return vmap, {"texts_counted": counted, "pairs_counted": int(len(co.keys)), **how}
 
 
 def run_teacher(run: Run) -> None:
@@ -174,7 +172,10 @@ def _teacher_part(run: Run, part: str, corpus: list[dict], targets: dict, tok, b
     }
     stage.finish(summary)
     lines = [("conversations", len(rows)), *((f"heaviest: {m}", n) for m, n in picked.items())]
-    lines += [(f"{m}: ids mapped exactly", h.get("exact", h.get("identity"))) for m, h in mapping.items()]
+    for m, h in mapping.items():
+        lines += [
+            (f"{m}: ids mapped {way}", h[way]) for way in ("identity", "exact", "statistics", "mined") if way in h
+        ]
     lines += [("MinED alignments", mined), *((f"skipped: {w}", n) for w, n in sorted(skipped.items()))]
     print_summary(name, lines, time.time() - t0)
 

@@ -131,15 +131,19 @@ def statistics_map(co: CoAlignment, source: list[bytes], target: list[bytes]) ->
     return out
 
 
-def vocab_map(source_tok, target_tok, co: CoAlignment | None = None) -> np.ndarray:
+def vocab_map(source_tok, target_tok, co: CoAlignment | None = None, counts: dict | None = None) -> np.ndarray:
     """Source id -> target id for the whole source vocabulary: exact where the same text exists,
-    else statistics where `co` has counts, else MinED (searched for the ids left only)."""
+    else statistics where `co` has counts, else MinED (searched for the ids left only). `counts`, if
+    given, gets how many source ids each way mapped ("exact", "statistics", "mined")."""
     source, target = vocab_bytes(source_tok), vocab_bytes(target_tok)
     out = exact_map(source, target)
+    exact = int((out >= 0).sum())
     if co is not None:
         stats = statistics_map(co, source, target)
         out = np.where(out < 0, stats, out)
     left = np.flatnonzero(out < 0)
     if len(left):
         out[left] = mined_map(source, target, left)
+    if counts is not None:
+        counts.update(exact=exact, statistics=len(out) - exact - len(left), mined=len(left))
     return out
