@@ -46,7 +46,7 @@ class ModelSpec:
     """One toy model: architecture, tokenizer, template, and what it is trained on."""
 
     name: str
-    arch: str  # llama | mistral | qwen2 | gpt2
+    arch: str  # llama | mistral | qwen2 | gpt2 | bert (reward models only: bidirectional)
     tokenizer: str  # char | bpe | bpe-digits
     vocab_size: int
     template: str
@@ -173,6 +173,19 @@ def _config(spec: ModelSpec, tok, num_labels: int | None = None):
             n_inner=spec.intermediate,
             **common,
         )
+    elif spec.arch == "bert":  # a bidirectional encoder: reward models only (no causal LM)
+        cfg = tf.BertConfig(
+            hidden_size=spec.hidden,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            intermediate_size=spec.intermediate,
+            max_position_embeddings=512,
+            vocab_size=len(tok),
+            pad_token_id=tok.pad_token_id,
+            # No dropout, as the other toy models (with BERT's 0.1 the judge trained worse in a first try).
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
     else:
         cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[spec.arch]
         cfg = cls(
@@ -195,6 +208,8 @@ def new_model(spec: ModelSpec, tok, reward: bool = False):
 
     cfg = _config(spec, tok, num_labels=1 if reward else None)
     if reward:
+        if spec.arch == "bert":
+            return tf.BertForSequenceClassification(cfg)
         return tf.AutoModelForSequenceClassification.from_config(cfg)
     return tf.AutoModelForCausalLM.from_config(cfg)
 

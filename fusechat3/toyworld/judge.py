@@ -89,6 +89,7 @@ class JudgeTraining:
     lm_weight: float = 0.0
     labels: str = "prefix"
     kinds: tuple[str, ...] | None = None
+    dense_weight: float = 1.0  # weight of the dense per-token loss beside the pairwise one
 
 
 def train_reward(spec, seed: int, log=print, how: JudgeTraining = JudgeTraining()):
@@ -123,6 +124,10 @@ def train_reward(spec, seed: int, log=print, how: JudgeTraining = JudgeTraining(
         starts.append(start)
         labels.append([label_of(s, seqs[0], start) for s in seqs])
     k = len(keep) - 1
+    bert = spec.arch == "bert"
+    dense_weight = how.dense_weight
+    if bert and (how.lm_steps or how.lm_weight):
+        raise ValueError("judge: lm_steps / lm_weight need a causal model, not bert")
     if how.lm_steps:
         _pretrain_lm(model, tok, spec, seed, how, log)
     embeddings = model.get_input_embeddings().weight
@@ -130,13 +135,24 @@ def train_reward(spec, seed: int, log=print, how: JudgeTraining = JudgeTraining(
     def loss_of(idx: list[int]):
         seqs = [s for i in idx for s in encoded[i]]
         ids, mask = batch(seqs, tok.pad_token_id)
-        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        per_token = model.score(hidden)[..., 0]
         y = torch.full(ids.shape, -1.0)
         for r, lab in enumerate(lab for i in idx for lab in labels[i]):
             y[r, : len(lab)] = torch.tensor(lab)
-        dense = F.binary_cross_entropy_with_logits(per_token[y >= 0], y[y >= 0])
-        last = per_token[torch.arange(len(seqs)), mask.sum(1) - 1].view(len(idx), k + 1)
+        if bert:  # bidirectional: the score is the head on the pooled first token, as `model(...)` reads it
+            out = model.bert(input_ids=ids, attention_mask=mask)
+            last = model.classifier(model.dropout(out.pooler_output))[:, 0].view(len(idx), k + 1)
+            if dense_weight:  # the same head (pooler dense + tanh + classifier) at every token
+                pooled = model.bert.pooler.activation(model.bert.pooler.dense(out.last_hidden_state))
+                per_token = model.classifier(model.dropout(pooled))[..., 0]
+                dense = F.binary_cross_entropy_with_logits(per_token[y >= 0], y[y >= 0])
+            else:
+                dense = torch.zeros(())
+        else:
+            hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            per_token = model.score(hidden)[..., 0]
+            dense = F.binary_cross_entropy_with_logits(per_token[y >= 0], y[y >= 0])
+            last = per_token[torch.arange(len(seqs)), mask.sum(1) - 1].view(len(idx), k + 1)
+        dense = dense_weight * dense
         loss = dense - F.logsigmoid(last[:, :1] - last[:, 1:]).mean()
         if how.lm_weight:  # next-token loss on the right answers, through the tied input embeddings
             rows = torch.arange(0, len(seqs), k + 1)
