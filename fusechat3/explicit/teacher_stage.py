@@ -49,14 +49,14 @@ def _tokenizer(run: Run, member: str):
     return tok
 
 
-def _groups(target: dict, rep: dict, texts) -> tuple[np.ndarray, bool]:
-    """`teacher.turn_groups`, with the MinED fallback where a turn's offsets fail; and whether it was used."""
+def _groups(target: dict, rep: dict, texts) -> np.ndarray:
+    """`teacher.turn_groups`'s groups, with the MinED fallback where a turn's offsets fail."""
     from fusechat3.explicit.teacher import turn_groups
 
     try:
-        return turn_groups(target, rep)[0], False
+        return turn_groups(target, rep)[0]
     except ValueError:
-        return turn_groups(target, rep, *texts())[0], True
+        return turn_groups(target, rep, *texts())[0]
 
 
 def vocabulary(run: Run, corpus, targets: dict, tok, member: str, reps: dict) -> tuple[np.ndarray, dict]:
@@ -76,7 +76,7 @@ def vocabulary(run: Run, corpus, targets: dict, tok, member: str, reps: dict) ->
         t, s = targets.get(row["prompt_id"]), reps.get(row["prompt_id"])
         if t is None or s is None:
             continue
-        groups, _ = _groups(t, s, lambda t=t, s=s: (piece_texts(tok, t), piece_texts(s_tok, s)))
+        groups = _groups(t, s, lambda t=t, s=s: (piece_texts(tok, t), piece_texts(s_tok, s)))
         content = groups[t["mask"][groups[:, 0]]]  # the assistant contents only, not the template tokens
         co.add_alignment(s["ids"], t["ids"], content)
         counted += 1
