@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         what = "recipe YAML, e.g. recipes/toyworld/imf.yaml"
         if config_example:
-            what += f", or a training config, e.g. {config_example}"
+            what += f", or a config file, e.g. {config_example}"
         sp.add_argument("recipe", help=what)
         sp.add_argument(
             "--set",
@@ -108,10 +108,12 @@ def _toyworld(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     stage = stages.stages().get(args.command)
     if stage is not None and stage.config_entry is not None:
-        from fusechat3.training.config import is_training_config
+        from fusechat3.training.config import is_config_file
 
-        # A stage's training section is its name with '_' for '-' (`fuse-train` -> `fuse_train:`).
-        if is_training_config(args.recipe, stage.name.replace("-", "_")):
+        # A training stage's section is its name with '_' for '-' (`fuse-train` -> `fuse_train:`).
+        if is_config_file(
+            args.recipe, stage.is_config or (lambda raw: "model" in raw and stage.name.replace("-", "_") in raw)
+        ):
             return _train_from_config(stage.config_entry, args.recipe, args.overrides)
     if args.command == "toyworld":
         return _toyworld(args)

@@ -33,6 +33,7 @@ from fusechat3.config import (
 )
 from fusechat3.errors import RecipeError
 from fusechat3.explicit.spec import TARGET_PART, ExplicitSpec
+from fusechat3.merging.spec import MergeSpec
 from fusechat3.sampling.params import GenParams
 from fusechat3.schema import stable_hash
 from fusechat3.training.config import TrainSection
@@ -255,6 +256,8 @@ class Recipe(Section):
     # The fusion training: transformers TrainingArguments fields plus fusion_lambda (training.fusion.FusionConfig),
     # and our options beside them (peft, eval_files), as in a training config file.
     fuse_train: TrainSection = TrainSection()
+    # Merging the pairwise-fused targets (explicit.pairwise: true): name -> a merge (merge/<name>, target_merge_<name>).
+    merge: dict[str, MergeSpec] | None = None
 
     _path: str = PrivateAttr("")  # the YAML file this recipe came from (set by the loader; not hashed)
 

@@ -42,6 +42,7 @@ ORDER = (
     "fusechat3.explicit.represent_stage:REPRESENT",
     "fusechat3.explicit.teacher_stage:TEACHER",
     "fusechat3.training.stage:FUSE_TRAIN",
+    "fusechat3.merging.stage:MERGE",
     "fusechat3.evaluation.stage:EVAL",
 )
 
@@ -91,6 +92,12 @@ class StageDef:
     # The module whose `main(argv)` trains from a training config file: `fusechat3 <name> config.yaml`.
     config_entry: str | None = None
     config_example: str = ""  # a training config of that kind, for the command's help
+    # Whether a YAML mapping (not a run recipe) is a config for `config_entry`; None: a training config
+    # (top-level `model:` and the stage's section).
+    is_config: Callable[[dict], bool] | None = None
+    # For a merge: the models each of its models is made from, {model: [input models]}; the scoreboard adds
+    # MergeBench's normalized performance (the model's accuracy over its best input's, per domain).
+    merged_from: Callable[[Recipe], dict[str, list[str]]] | None = None
     disabled_reason: str = ""  # what `fusechat3 run` says when it skips the stage
 
 

@@ -6,9 +6,9 @@ verifiers that scoring uses, written as `runs/<name>/eval/scoreboard.json`:
 
 Models (`run.model_names`): `target_before` (the untrained target), the models the training
 stages make (`target_sft`, `target_dpo`, `target_wrpo`, one `target_single_<source>` per
-control), and each source by its own name. Each model is
-sampled greedily with its own chat template; each is its own resumable stage
-(`eval/<model>`).
+control, the fused and merged targets of the explicit path), and each source by its own name. Each
+model is sampled greedily with its own chat template; each is its own resumable stage (`eval/<model>`).
+For merged models the scoreboard also has `"normalized"`: MergeBench's normalized performance.
 """
 
 from __future__ import annotations
@@ -94,11 +94,38 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
     for p in prompts:
         n[p["domain"]] += 1
     result = {"models": board, "n": dict(n)}
+    normalized = normalized_performance(run.recipe, board)
+    if normalized:
+        result["normalized"] = normalized
     out = run.output(EVAL.name, "scoreboard")
     out.write_text(json.dumps(result, indent=1))
     print_scoreboard(result)
     log(f"scoreboard written to {out}")
     return result
+
+
+def normalized_performance(recipe, board: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """MergeBench's normalized performance of each merged model: per domain, its accuracy over the best of its
+    inputs' (None where every input scores 0); "average" is the mean over domains of those ratios."""
+    from fusechat3.stages import stages
+
+    out: dict[str, dict[str, float | None]] = {}
+    for stage in stages().values():
+        if stage.merged_from is None or not stage.enabled(recipe):
+            continue
+        for model, inputs in stage.merged_from(recipe).items():
+            if model not in board or not all(i in board for i in inputs):
+                continue
+            ratios: dict[str, float | None] = {}
+            for domain, acc in board[model].items():
+                if domain == "average":
+                    continue
+                best = max(board[i].get(domain, 0.0) for i in inputs)
+                ratios[domain] = round(acc / best, 4) if best > 0 else None
+            known = [v for v in ratios.values() if v is not None]
+            ratios["average"] = round(sum(known) / len(known), 4) if known else None
+            out[model] = ratios
+    return out
 
 
 def _accuracy(rows: list[dict]) -> dict[str, float]:
@@ -123,6 +150,14 @@ def print_scoreboard(result: dict) -> None:
     for name, acc in models.items():
         table.add_row(name, *(f"{100 * acc.get(d, 0):.1f}" for d in [*domains, "average"]))
     Console().print(table)
+    if result.get("normalized"):
+        norm = Table(title="normalized performance (merged / best input, per domain)", title_justify="left")
+        norm.add_column("model")
+        for d in [*domains, "average"]:
+            norm.add_column(d, justify="right")
+        for name, ratio in result["normalized"].items():
+            norm.add_row(name, *("-" if ratio.get(d) is None else f"{ratio[d]:.2f}" for d in [*domains, "average"]))
+        Console().print(norm)
 
 
 def _how_sampled(run: Run, name: str) -> tuple[str, dict, str | None]:

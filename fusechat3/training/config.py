@@ -17,7 +17,7 @@ import dataclasses
 import difflib
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -197,9 +197,15 @@ def load_run_config(
 
 def is_training_config(path: str, section: str) -> bool:
     """Whether the YAML at `path` is a training config of `section` (top-level `model:` and `<section>:`, no
-    `sources:`) rather than a run recipe. False when it cannot be read: the recipe loader then names the problem."""
+    `sources:`) rather than a run recipe."""
+    return is_config_file(path, lambda raw: "model" in raw and section in raw)
+
+
+def is_config_file(path: str, kind: Callable[[dict], bool]) -> bool:
+    """Whether the YAML at `path` is a mapping without `sources:` (not a run recipe) that `kind` accepts. False
+    when it cannot be read: the recipe loader then names the problem."""
     try:
         raw = parse_yaml(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, RecipeError):
         return False
-    return isinstance(raw, dict) and "model" in raw and section in raw and "sources" not in raw
+    return isinstance(raw, dict) and "sources" not in raw and kind(raw)
