@@ -1,6 +1,7 @@
 """Every YAML file under recipes/, found by glob (a new folder is covered without editing this file), loads
 the way its kind is used: a run recipe with the recipe loader and the run's own stage checks, a training
-config with its TRL config class, an accelerate config with accelerate's loader. The paper's values are
+config with its TRL config class, an accelerate config with accelerate's loader, a merge config as
+`fusechat3 merge` parses it (mergekit's config model; its Hub models are not fetched). The paper's values are
 checked elsewhere (test_training_recipes.py, test_recipe.py)."""
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def kind_of(path: Path, raw: object) -> str:
         return "run"
     if "model" in raw and sum(section in raw for section in TRAINING_SECTIONS) == 1:
         return "training"
+    if "merge_method" in raw or "preset" in raw:
+        return "merge"
     return ""
 
 
@@ -39,11 +42,11 @@ def test_recipe_file_loads(path, tmp_path):
     kind = kind_of(path, raw)
     assert kind, (
         f"{path.relative_to(RECIPES)}: unknown kind of YAML (a run recipe has `sources:`; a training config "
-        f"`model:` and one of {', '.join(TRAINING_SECTIONS)}; an accelerate config lives in recipes/accelerate/)"
+        f"`model:` and one of {', '.join(TRAINING_SECTIONS)}; a merge config `merge_method:` or `preset:`; an accelerate config lives in recipes/accelerate/)"
     )
-    {"run": _check_run_recipe, "training": _check_training_config, "accelerate": _check_accelerate_config}[kind](
-        path, raw, tmp_path
-    )
+    checks = {"run": _check_run_recipe, "training": _check_training_config, "accelerate": _check_accelerate_config}
+    checks["merge"] = _check_merge_config
+    checks[kind](path, raw, tmp_path)
 
 
 def _check_run_recipe(path: Path, raw: dict, tmp_path: Path) -> None:
@@ -98,3 +101,14 @@ def _check_accelerate_config(path: Path, raw: dict, tmp_path: Path) -> None:
     for section in ("deepspeed_config", "fsdp_config"):
         unknown = set(raw.get(section, {})) - launch_args
         assert not unknown, f"{path.name}.{section}: {unknown}"
+
+
+def _check_merge_config(path: Path, raw: dict, tmp_path: Path) -> None:
+    """Parsed as `fusechat3 merge` parses it: the preset expanded, the method known, mergekit's config model;
+    documented (what it merges and the command)."""
+    from fusechat3.merging.merge import parse_merge_config
+
+    conf, ours = parse_merge_config(raw, str(path))
+    assert path.read_text(encoding="utf-8").startswith("#")
+    assert f"fusechat3 merge {path.relative_to(RECIPES.parent)}" in path.read_text(encoding="utf-8")
+    assert len(conf.referenced_models()) >= 3 and ours["output_dir"]

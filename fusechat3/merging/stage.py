@@ -51,7 +51,7 @@ def _config(run: Run, part: str, models: list[str] | None = None, base: str | No
     """The mergekit config of merge `part`: the pairwise-fused targets, and the pivot as the base where one is taken."""
     recipe = run.recipe
     if models is None:
-        models = [str(run.output("fuse-train", "model", s)) for s in _inputs(recipe)]
+        models = [str(run.existing("fuse-train", "model", s)) for s in _inputs(recipe)]
     raw = recipe.merge[part].config(models, recipe.seed)
     if _needs_base(raw):
         raw["base_model"] = base or resolve_model(recipe.target.model)
