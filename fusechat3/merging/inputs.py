@@ -69,6 +69,11 @@ def check_inputs(conf) -> str | None:
     ref_arch = configs[first].get("architectures")
     for r in refs:
         arch = configs[r].get("architectures")
+        if not arch:
+            raise UserError(
+                f"model {names[r]}: its config.json names no architectures (e.g. \"architectures\": "
+                f"[\"LlamaForCausalLM\"]), which mergekit needs to know its tensors"
+            )
         if arch != ref_arch:
             raise UserError(
                 f"cannot merge {names[r]} ({', '.join(arch or ['no architecture'])}) with {names[first]} "
