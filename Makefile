@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-explicit test test-slow lint toyworld clean-runs
+.PHONY: install demo demo-explicit demo-fusechat test test-slow lint toyworld clean-runs
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ demo: $(STAMP)
 # Explicit fusion (FuseLLM) on the toy world: represent -> teacher -> fuse-train (+ its LM-only control) -> eval.
 demo-explicit: $(STAMP)
 	$(BIN)/fusechat3 run recipes/toyworld/explicit.yaml --set seed=$(SEED)
+
+# FuseChat-1.0/2.0 on the toy world: pairwise fusion (the target with each source), then merges of the three
+# pairwise-fused targets (VaRM, SCE in both variants, linear, TIES), every model evaluated.
+demo-fusechat: $(STAMP)
+	$(BIN)/fusechat3 run recipes/toyworld/fusechat.yaml --set seed=$(SEED)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

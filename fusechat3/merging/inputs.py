@@ -71,8 +71,8 @@ def check_inputs(conf) -> str | None:
         arch = configs[r].get("architectures")
         if not arch:
             raise UserError(
-                f"model {names[r]}: its config.json names no architectures (e.g. \"architectures\": "
-                f"[\"LlamaForCausalLM\"]), which mergekit needs to know its tensors"
+                f'model {names[r]}: its config.json names no architectures (e.g. "architectures": '
+                f'["LlamaForCausalLM"]), which mergekit needs to know its tensors'
             )
         if arch != ref_arch:
             raise UserError(

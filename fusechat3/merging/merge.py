@@ -135,7 +135,9 @@ def merge(raw: dict, *, where: str = "merge config", command: str = "", output_d
     out.mkdir(parents=True, exist_ok=True)
     run_merge(conf, str(out), options=options, config_source=conf.to_yaml())
     _add_to_card(out, conf, command, compute)
-    print(f"merged {len(conf.referenced_models())} models with {conf.merge_method} in {time.time() - t0:.1f}s -> {out}")
+    n = len([r for r in conf.referenced_models() if r != conf.base_model])
+    onto = f" onto {conf.base_model.model.path}" if conf.base_model else ""
+    print(f"merged {n} models{onto} with {conf.merge_method} in {time.time() - t0:.1f}s -> {out}")
     return out
 
 
@@ -148,7 +150,7 @@ def _add_to_card(out: Path, conf, command: str, compute: str) -> None:
         "",
         f"- Method: `{conf.merge_method}`: {FORMULAS.get(conf.merge_method, 'see mergekit for its definition')}",
         f"- Base model: `{conf.base_model.model.path if conf.base_model else 'none'}`",
-        f"- Inputs: {', '.join(f'`{r.model.path}`' for r in conf.referenced_models())}",
+        f"- Merged: {', '.join(f'`{r.model.path}`' for r in conf.referenced_models() if r != conf.base_model)}",
         f"- Parameters: `{conf.parameters or {}}` (per model: see the configuration above)",
         f"- Numerics: computed in {compute}, stored as {conf.out_dtype}",
     ]
