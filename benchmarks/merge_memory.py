@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=1024, help="hidden size (1024: 1.07 GB per model)")
     ap.add_argument("--models", type=int, default=3, help="fine-tuned models merged onto the base")
     ap.add_argument("--shards", default="400,100", help="shard sizes to compare, in MB")
+    ap.add_argument("--out-shard-size", default="100M", help="mergekit's out_shard_size (parameters per output shard)")
     ap.add_argument("--keep", help="write the inputs here and keep them (default: a temporary folder)")
     args = ap.parse_args()
     fusechat3 = str(Path(sys.executable).with_name("fusechat3"))
@@ -82,6 +83,7 @@ def main() -> None:
                 "models": [{"model": str(m)} for m in models],
                 "parameters": {"select_topk": 0.1},
                 "output_dir": str(root / "out"),
+                "options": {"out_shard_size": args.out_shard_size},
             }
             (root / "merge.yaml").write_text(yaml.safe_dump(cfg))
             rss, anon, file, secs = peak_rss([fusechat3, "merge", str(root / "merge.yaml")])
@@ -91,6 +93,7 @@ def main() -> None:
             shutil.rmtree(root)  # keep the disk use to one set of inputs
     print(f"inputs: a base and {args.models} fine-tuned models of {rows[0][2] / 1e9:.2f} GB each (float32)")
     print(f"peak RSS of a process that only imports the merge code: {base_rss:.0f} MiB")
+    print(f"output shards of {args.out_shard_size} parameters")
     print("| shard size | shards per model | peak RSS (MiB) | of which anonymous | of which file pages | seconds |")
     print("|---|---|---|---|---|---|")
     for mb, n, _size, rss, anon, file, secs in rows:

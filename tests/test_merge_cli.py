@@ -187,6 +187,12 @@ def test_inputs_that_cannot_be_merged_are_one_line(tmp_path, capsys, two_models)
     assert "did you mean 'sce_fusechat'" in line
     line = _error(capsys, ["merge", _config(tmp_path, {"preset": "tie", "models": body["models"]})])
     assert "did you mean 'ties'" in line
+    # a mistaken option of mergekit's
+    body = {"merge_method": "linear", "models": [{"model": a}, {"model": str(two_models[1])}], "parameters": {"weight": 1.0}}
+    line = _error(capsys, ["merge", _config(tmp_path, {**body, "options": {"out_shard_size": "lots"}})])
+    assert "options.out_shard_size" in line and "1B" in line
+    line = _error(capsys, ["merge", _config(tmp_path, {**body, "options": {"no_such_option": 1}})])
+    assert "options.no_such_option" in line
 
 
 def test_the_paper_recipes_carry_the_papers_settings():

@@ -32,6 +32,10 @@ from fusechat3.merging.presets import PRESETS, apply_preset
 
 OUR_KEYS = ("output_dir", "preset", "seed", "options")
 COMPUTE_DTYPES = ("float32", "float64")
+# mergekit's MergeOptions as we default them. mergekit holds an output shard in memory until it is full and
+# its default shard is 5B parameters (10 GB in bfloat16: a whole 7B model); 1B parameters (2 GB in bfloat16,
+# the size of a usual Hub shard) bounds what a merge holds (benchmarks/merge_memory.py).
+DEFAULT_OPTIONS = {"copy_tokenizer": True, "write_model_card": True, "quiet": True, "out_shard_size": 10**9}
 
 # One line per method: what the README and each merged model's card say it computes (δ_i = θ_i − θ_base).
 FORMULAS = {
@@ -106,6 +110,7 @@ def parse_merge_config(raw, where: str):
 
 def merge(raw: dict, *, where: str = "merge config", command: str = "", output_dir: str | None = None) -> Path:
     """Run the merge that `raw` (a merge config mapping) describes; the output folder."""
+    from mergekit.common import parse_kmb
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
     from pydantic import ValidationError
@@ -118,17 +123,18 @@ def merge(raw: dict, *, where: str = "merge config", command: str = "", output_d
     compute = conf.dtype if conf.dtype in COMPUTE_DTYPES else "float32"
     out_dtype = conf.out_dtype or conf.dtype or stored or "float32"
     conf = conf.model_copy(update={"dtype": compute, "out_dtype": out_dtype})
+    given = dict(ours["options"] or {})
+    for key in given:  # MergeOptions ignores unknown keys: a typo would be dropped silently
+        if key not in MergeOptions.model_fields:
+            fields = list(MergeOptions.model_fields)
+            raise RecipeError(f"{where}: options.{key} is not a mergekit MergeOptions field{did_you_mean(key, fields)}")
     try:
-        options = MergeOptions.model_validate(
-            {
-                "copy_tokenizer": True,
-                "write_model_card": True,
-                "quiet": True,
-                **(ours["options"] or {}),
-                "random_seed": ours["seed"],
-            }
-        )
-    except ValidationError as e:
+        if isinstance(given.get("out_shard_size"), str):  # "1B", "500M": as mergekit's command line reads it
+            given["out_shard_size"] = parse_kmb(given["out_shard_size"])
+        options = MergeOptions.model_validate({**DEFAULT_OPTIONS, **given, "random_seed": ours["seed"]})
+    except (ValidationError, ValueError) as e:
+        if not isinstance(e, ValidationError):
+            raise RecipeError(f"{where}: options.out_shard_size: {e} (e.g. 1B or 500M parameters)") from None
         err = e.errors()[0]
         raise RecipeError(f"{where}: options.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     t0 = time.time()
