@@ -188,11 +188,20 @@ def test_inputs_that_cannot_be_merged_are_one_line(tmp_path, capsys, two_models)
     line = _error(capsys, ["merge", _config(tmp_path, {"preset": "tie", "models": body["models"]})])
     assert "did you mean 'ties'" in line
     # a mistaken option of mergekit's
-    body = {"merge_method": "linear", "models": [{"model": a}, {"model": str(two_models[1])}], "parameters": {"weight": 1.0}}
+    body = {
+        "merge_method": "linear",
+        "models": [{"model": a}, {"model": str(two_models[1])}],
+        "parameters": {"weight": 1.0},
+    }
     line = _error(capsys, ["merge", _config(tmp_path, {**body, "options": {"out_shard_size": "lots"}})])
     assert "options.out_shard_size" in line and "1B" in line
     line = _error(capsys, ["merge", _config(tmp_path, {**body, "options": {"no_such_option": 1}})])
     assert "options.no_such_option" in line
+    # a Hub id that cannot be fetched (the tests run offline)
+    line = _error(
+        capsys, ["merge", _config(tmp_path, {**body, "models": [{"model": a}, {"model": "nobody/no-such-model"}]})]
+    )
+    assert "'nobody/no-such-model'" in line and "could not be fetched from the Hub" in line
 
 
 def test_the_paper_recipes_carry_the_papers_settings():

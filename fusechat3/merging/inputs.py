@@ -23,7 +23,8 @@ def local_folder(ref) -> Path:
         return Path(ref.local_path())
     except Exception as e:  # noqa: BLE001 - the Hub client's errors differ by version; one line for the user
         raise UserError(
-            f"model {ref.model.path!r}: not a local folder, and not found on the Hub ({type(e).__name__})"
+            f"model {ref.model.path!r}: not a local folder, and it could not be fetched from the Hub "
+            f"({type(e).__name__}: check the id, your token, and HF_HUB_OFFLINE)"
         ) from None
 
 
