@@ -198,7 +198,7 @@ def test_judge_variants_train_the_reward_models_own_backbone_as_an_lm_first():
     from fusechat3.toyworld.build import REWARD_SPEC, Learn, new_model
     from fusechat3.toyworld.judge import INSTRUCTION_KINDS, JudgeTraining, _pretrain_lm, accuracy_of, train_reward
 
-    spec = dataclasses.replace(REWARD_SPEC, steps=2, data={"instruction": Learn(None, 30)})
+    spec = dataclasses.replace(REWARD_SPEC, arch="llama", steps=2, data={"instruction": Learn(None, 30)})
     _, tok = train_reward(spec, 0, log=lambda *_: None)
     model = new_model(spec, tok, reward=True)
     before = [p.detach().clone() for p in model.model.parameters()]
