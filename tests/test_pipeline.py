@@ -32,7 +32,7 @@ TINY = [
     "scoring.shard_size=40",
     # The band of the reward-judged domain (instruction; math and code have none): wide enough to keep pairs
     # for the DPO stage, narrow enough that some prompts have none in it (test_built_sets_follow_the_rules).
-    "building.reward_gap=[0.3, 20.0]",
+    "building.reward_gap=[0.3, 30.0]",
     "sft.max_steps=3",
     "sft.per_device_train_batch_size=4",
     "sft.logging_steps=1",
