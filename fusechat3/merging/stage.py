@@ -102,11 +102,8 @@ def _check(run: Run) -> None:
         )
     for part in merge_parts(recipe):
         where = f"{recipe.path or 'recipe'}: merge.{part}"
-        try:
-            raw = _config(run, part, models=["a", "b"], base="base")
-        except RuntimeError:  # mergekit: an unknown method
-            raw = recipe.merge[part].config(["a", "b"], recipe.seed)
-        parse_merge_config(raw, where)
+        parse_merge_config(recipe.merge[part].config(["a", "b"], recipe.seed), where)  # the method, the preset
+        parse_merge_config(_config(run, part, models=["a", "b"], base="base"), where)  # with its base where taken
 
 
 def _settings(run: Run, part: str | None) -> dict:
