@@ -34,6 +34,16 @@ def _variant(folder: Path, seed: int, scale: float = 0.02, dtype: torch.dtype | 
     return folder
 
 
+def _body(out: Path, models, **method) -> dict:
+    """A merge config of `models` onto the toy target (method: merge_method=... or preset=...)."""
+    return {
+        **method,
+        "base_model": "toyworld:target",
+        "output_dir": str(out),
+        "models": [{"model": str(m)} for m in models],
+    }
+
+
 def _config(tmp_path: Path, body: dict, name: str = "merge.yaml") -> str:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(body))
@@ -53,12 +63,7 @@ def test_varm_merge_is_a_model_folder_that_loads_and_generates(tmp_path, two_mod
     from fusechat3.sampling.params import GenParams
 
     out = tmp_path / "varm"
-    body = {
-        "merge_method": "varm",
-        "base_model": "toyworld:target",
-        "output_dir": str(out),
-        "models": [{"model": str(m)} for m in two_models],
-    }
+    body = _body(out, two_models, merge_method="varm")
     assert main(["merge", _config(tmp_path, body)]) == 0
     for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "mergekit_config.yml"):
         assert (out / name).is_file(), name
@@ -122,25 +127,14 @@ def test_bfloat16_inputs_are_merged_in_float32_and_stored_as_bfloat16(tmp_path):
 
 def test_presets_model_soup_is_the_average_and_dare_repeats_with_its_seed(tmp_path, two_models):
     soup = tmp_path / "soup"
-    body = {
-        "preset": "model_soup",
-        "base_model": "toyworld:target",
-        "output_dir": str(soup),
-        "models": [{"model": str(m)} for m in two_models],
-    }
+    body = _body(soup, two_models, preset="model_soup")
     assert main(["merge", _config(tmp_path, body)]) == 0
     name = "model.norm.weight"
     ins = [load_file(str(m / "model.safetensors"))[name] for m in two_models]
     assert torch.allclose(load_file(str(soup / "model.safetensors"))[name], (ins[0] + ins[1]) / 2, atol=1e-6)
     outs = []
     for i in (1, 2):
-        body = {
-            "preset": "dare",
-            "seed": 7,
-            "base_model": "toyworld:target",
-            "output_dir": str(tmp_path / f"dare{i}"),
-            "models": [{"model": str(m)} for m in two_models],
-        }
+        body = _body(tmp_path / f"dare{i}", two_models, preset="dare", seed=7)
         assert main(["merge", _config(tmp_path, body, f"dare{i}.yaml")]) == 0
         outs.append(load_file(str(tmp_path / f"dare{i}" / "model.safetensors"))["model.layers.0.mlp.down_proj.weight"])
     assert torch.equal(outs[0], outs[1])

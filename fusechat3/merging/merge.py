@@ -53,12 +53,6 @@ FORMULAS = {
 }
 
 
-def register_methods() -> None:
-    from fusechat3.merging.methods import register
-
-    register()
-
-
 def _resolve_refs(raw: dict) -> dict:
     """`toyworld:<name>` model references as the shipped folders (base_model, models, slices)."""
     from fusechat3.recipe import resolve_model
@@ -91,7 +85,9 @@ def parse_merge_config(raw, where: str):
     body = {k: v for k, v in raw.items() if k not in OUR_KEYS}
     if "merge_method" not in body:
         raise RecipeError(f"{where}: merge_method is missing: name a method or a preset ({', '.join(PRESETS)})")
-    register_methods()
+    from fusechat3.merging.methods import register
+
+    register()  # our methods into mergekit's registry, so the config may name them
     known = [m.spec.name for m in merge_methods.registered_methods()]
     if body["merge_method"] not in known:
         raise RecipeError(

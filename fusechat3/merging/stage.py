@@ -39,10 +39,10 @@ def _needs_base(raw: dict) -> bool:
     from mergekit import merge_methods
     from mergekit.merge_methods import BasePolicy
 
-    from fusechat3.merging.merge import register_methods
+    from fusechat3.merging.methods import register
     from fusechat3.merging.presets import apply_preset
 
-    register_methods()
+    register()
     method = merge_methods.get(apply_preset(raw, "merge")["merge_method"])
     return method.spec.contract.base == BasePolicy.REQUIRED
 
