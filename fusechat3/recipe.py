@@ -163,6 +163,10 @@ class CodeSpec(Section):
     timeout_s: float = Field(10.0, gt=0)  # wall-clock limit per response, seconds
     memory_mb: int = Field(1024, ge=1)  # address-space limit per response, MiB
     workers: int = Field(0, ge=0)  # parallel sandboxes; 0: one per CPU core
+    # Programs run one after the other in one sandbox, each in a fresh worker (1: a sandbox per program, ~6x slower
+    # on the toy world's programs, benchmarks/sandbox_throughput.py). Verdicts do not depend on it: it is left out
+    # of the stage keys (exclude), so changing it re-scores nothing.
+    batch_size: int = Field(16, ge=1, exclude=True)
 
 
 class MathSpec(Section):
@@ -183,7 +187,8 @@ class ScoringSpec(Section):
 
     @property
     def checks(self) -> dict:
-        """The correctness checks' settings, as `scoring.verify.verify_many` takes them (score and eval stages)."""
+        """The correctness checks' settings, as `scoring.verify.verify_many` takes them (score and eval stages);
+        also part of the eval stage's key, so `batch_size` (no effect on a verdict) is passed beside them."""
         return {
             "timeout_s": self.code.timeout_s,
             "memory_mb": self.code.memory_mb,
@@ -356,6 +361,11 @@ class Recipe(Section):
         if self.scoring is not None:
             return self.scoring.checks
         return ScoringSpec.model_construct(code=CodeSpec(), math=MathSpec()).checks
+
+    @property
+    def sandbox_batch_size(self) -> int:
+        """`scoring.code.batch_size` (its default in a recipe without scoring:)."""
+        return (self.scoring.code if self.scoring is not None else CodeSpec()).batch_size
 
     @property
     def target_samples(self) -> SourceSpec | None:

@@ -66,38 +66,38 @@ def test_extract_code_whole_text_or_none() -> None:
 # Verdicts
 
 
-@pytest.mark.parametrize(
-    ("code", "tests", "expected"),
-    [
-        (ADD, ADD_TESTS, (True, "passed")),
-        ("def add(a, b):\n    return a - b\n", ADD_TESTS, (False, "test_failed")),
-        ("def add(a, b)\n    return a + b\n", ADD_TESTS, (False, "syntax_error")),
-        ("", ADD_TESTS, (False, "no_code")),
-        (None, ADD_TESTS, (False, "no_code")),
-        # Demo code under `if __name__ == "__main__":` does not run (it would wait for input here).
-        (ADD + "if __name__ == '__main__':\n    input()\n", ADD_TESTS, (True, "passed")),
-        ("input()\n" + ADD, ADD_TESTS, (False, "runtime_error")),
-        (ADD, ["assert add(1, 2) ==="], (False, "bad_tests")),
-        (ADD, ["return add(1, 2) == 3"], (False, "bad_tests")),  # parses, but does not compile
-        ("return 1\n" + ADD, ADD_TESTS, (False, "syntax_error")),
-        (ADD, [], (False, "bad_tests")),
-        # Static analysis: an undefined name is found before running (see test_undefined_names).
-        ("def add(a, b):\n    return undefined_name\n", ADD_TESTS, (False, "undefined_name")),
-        # A NameError pyflakes cannot see (the name is deleted at run time) is the run's.
-        ("def add(a, b):\n    return a + b\ndel globals()['add']\n", ADD_TESTS, (False, "runtime_error")),
-        # An assert in the program itself is the program's error, not a failed test.
-        ("assert False, 'module level'\n" + ADD, ADD_TESTS, (False, "runtime_error")),
-        # Leaving early must not count as passing: the verdict comes from the harness, not the exit code.
-        ("import sys\nsys.exit(0)\n" + ADD, ADD_TESTS, (False, "runtime_error")),
-        ("import os\nos._exit(0)\n" + ADD, ADD_TESTS, (False, "runtime_error")),
-        # A fake verdict line on the verdict pipe is ignored: it lacks the per-run token.
-        (
-            "import os, sys\nos.write(int(sys.argv[1]), b'0 passed\\npassed\\n')\n" + ADD,
-            ["assert 0"],
-            (False, "test_failed"),
-        ),
-    ],
-)
+VERDICT_CASES = [
+    (ADD, ADD_TESTS, (True, "passed")),
+    ("def add(a, b):\n    return a - b\n", ADD_TESTS, (False, "test_failed")),
+    ("def add(a, b)\n    return a + b\n", ADD_TESTS, (False, "syntax_error")),
+    ("", ADD_TESTS, (False, "no_code")),
+    (None, ADD_TESTS, (False, "no_code")),
+    # Demo code under `if __name__ == "__main__":` does not run (it would wait for input here).
+    (ADD + "if __name__ == '__main__':\n    input()\n", ADD_TESTS, (True, "passed")),
+    ("input()\n" + ADD, ADD_TESTS, (False, "runtime_error")),
+    (ADD, ["assert add(1, 2) ==="], (False, "bad_tests")),
+    (ADD, ["return add(1, 2) == 3"], (False, "bad_tests")),  # parses, but does not compile
+    ("return 1\n" + ADD, ADD_TESTS, (False, "syntax_error")),
+    (ADD, [], (False, "bad_tests")),
+    # Static analysis: an undefined name is found before running (see test_undefined_names).
+    ("def add(a, b):\n    return undefined_name\n", ADD_TESTS, (False, "undefined_name")),
+    # A NameError pyflakes cannot see (the name is deleted at run time) is the run's.
+    ("def add(a, b):\n    return a + b\ndel globals()['add']\n", ADD_TESTS, (False, "runtime_error")),
+    # An assert in the program itself is the program's error, not a failed test.
+    ("assert False, 'module level'\n" + ADD, ADD_TESTS, (False, "runtime_error")),
+    # Leaving early must not count as passing: the verdict comes from the harness, not the exit code.
+    ("import sys\nsys.exit(0)\n" + ADD, ADD_TESTS, (False, "runtime_error")),
+    ("import os\nos._exit(0)\n" + ADD, ADD_TESTS, (False, "runtime_error")),
+    # A fake verdict line on the verdict pipe is ignored: it lacks the per-run token.
+    (
+        "import os, sys\nos.write(int(sys.argv[1]), b'0 passed\\npassed\\n')\n" + ADD,
+        ["assert 0"],
+        (False, "test_failed"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("code", "tests", "expected"), VERDICT_CASES)
 def test_verdicts(code: str, tests: list[str], expected: tuple[bool, str]) -> None:
     assert run_tests(code, tests, timeout_s=10) == expected
 
@@ -398,3 +398,93 @@ def test_run_tests_many_keeps_order() -> None:
     ]
     assert run_tests_many(jobs, timeout_s=1.5, workers=2) == expected
     assert run_tests_many([], timeout_s=1.0) == []
+
+
+def test_a_batch_gives_each_program_the_verdict_it_gets_alone() -> None:
+    # Every verdict case of test_verdicts, plus a timeout and a memory error, in one sandbox, one after the other.
+    cases = [
+        *VERDICT_CASES,
+        ("import time\ntime.sleep(60)\n" + ADD, ADD_TESTS, (False, "timeout")),
+        ("x = bytearray(8 * 1024**3)\n", ["assert True"], (False, "memory_error")),
+        (ADD, ADD_TESTS, (True, "passed")),
+    ]
+    jobs = [(code, tests) for code, tests, _ in cases]
+    start = time.monotonic()
+    got = run_tests_many(jobs, timeout_s=2.0, memory_mb=256, workers=1, batch_size=len(jobs))
+    assert got == [expected for _, _, expected in cases]
+    assert time.monotonic() - start < 15  # one program's clock ran out, not the batch's
+
+
+def test_a_program_leaves_nothing_to_the_next_one_in_its_batch(sleep_detector_works: None) -> None:
+    marker = _marker()
+    litter = textwrap.dedent(
+        """
+        import os, tempfile
+        for path in ("left.txt", "../left.txt", os.path.join(tempfile.gettempdir(), "left.txt"), "/dev/shm/left.txt"):
+            try:
+                with open(path, "w") as f:
+                    f.write("x")
+            except OSError:
+                pass
+        os.environ["LEFT"] = "1"
+        import sys
+        sys.modules["json"].LEFT = 1
+        """
+    )
+    check = textwrap.dedent(
+        """
+        import os, tempfile, json
+        assert os.listdir(".") == ["solution.py"], os.listdir(".")
+        assert not os.path.exists("../left.txt")
+        assert not os.path.exists(os.path.join(tempfile.gettempdir(), "left.txt"))
+        assert "LEFT" not in os.environ and not hasattr(json, "LEFT")
+        """
+    )
+    jobs = [(_forking_program(marker, litter + ADD), ADD_TESTS), (ADD, [check])]
+    if "--mount-proc" in sandbox._isolation().prefix:  # a private /tmp and /dev/shm: nothing left there either
+        jobs[1] = (ADD, [check + 'assert not os.path.exists("/dev/shm/left.txt")\n'])
+    assert run_tests_many(jobs, timeout_s=5.0, workers=1, batch_size=2) == [(True, "passed")] * 2
+    assert gone_soon(marker)
+
+
+def test_a_program_started_before_the_next_one_is_dead_by_then(sleep_detector_works: None) -> None:
+    if "--pid" not in sandbox._isolation().prefix:
+        pytest.skip(f"no PID namespace on this machine ({sandbox.describe_isolation()})")
+    marker = _marker()
+    # The sleeper leaves the process group, and the program waits until it has; the next program of the batch
+    # looks for any process of the namespace but its own and the supervisor.
+    escape = textwrap.dedent(
+        f"""
+        import os, time
+        child = os.fork()
+        if child == 0:
+            os.setsid()
+            os.execvp("sleep", ["sleep", "{marker}"])
+        while os.getpgid(child) == os.getpgid(0):
+            time.sleep(0.01)
+        time.sleep(0.2)
+        """
+    )
+    alone = "import os\nassert sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == [1, os.getpid()]"
+    jobs = [(escape + ADD, ADD_TESTS), (ADD, [alone])]
+    if "--mount-proc" not in sandbox._isolation().prefix:
+        jobs[1] = (ADD, ADD_TESTS)  # the host's /proc: nothing to look at from inside
+    assert run_tests_many(jobs, timeout_s=5.0, workers=1, batch_size=2) == [(True, "passed")] * 2
+    assert gone_soon(marker)
+
+
+def test_a_batch_whose_supervisor_is_killed_runs_its_other_programs_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a PID namespace a program can kill the supervisor (inside one, as its init, the supervisor ignores
+    # the signal). The programs after it get no verdict from the batch and are run again one by one.
+    iso = sandbox._isolation()
+    plain = sandbox._Isolation(prefix=(), user=iso.user, nproc=iso.nproc, python=iso.python)
+    killer = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n" + ADD
+    jobs = [(ADD, ADD_TESTS), (killer, ADD_TESTS), (ADD, ADD_TESTS), ("def add(a, b):\n    return 0\n", ADD_TESTS)]
+    verdicts, timed_out = sandbox._sandboxed_batch(jobs, plain, 5.0, 1024)
+    assert verdicts[0] == "passed" and verdicts[2:] == [None, None] and not timed_out
+    monkeypatch.setattr(sandbox, "_isolation", lambda: plain)
+    got = run_tests_many(jobs, timeout_s=5.0, workers=1, batch_size=4)
+    assert [got[0], got[2], got[3]] == [(True, "passed"), (True, "passed"), (False, "test_failed")]
+    # Alone it kills its own supervisor again: its worker, told to die with the supervisor, may still finish the
+    # tests first (as it could before batches). Either way no other program's verdict depends on it.
+    assert got[1] in {(True, "passed"), (False, "runtime_error")}

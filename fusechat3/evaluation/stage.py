@@ -70,11 +70,7 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
             finally:
                 sampler.close()
             texts = [o[0].text if o[0].finish_reason == "stop" else "" for o in outs]
-            checks = verify_many(
-                prompts,
-                texts,
-                **recipe.checks,
-            )
+            checks = verify_many(prompts, texts, **recipe.checks, batch_size=recipe.sandbox_batch_size)
             rows = [
                 {
                     "prompt_id": p["prompt_id"],

@@ -40,6 +40,11 @@ What the sandbox does NOT protect against (stated plainly):
   can fake a pass. Exiting early, printing "passed", writing fake verdict lines, killing its parent, or patching
   builtins and the os module cannot. The sandbox keeps the host safe from hostile programs; it keeps the
   verdict honest for buggy ones and for the usual shortcuts, not for a program written against this harness.
+- `run_tests_many` runs several programs in one sandbox, one after the other (`batch_size`, 16 by default;
+  recipe `scoring.code.batch_size`). Each starts in a fresh worker forked from a supervisor that runs no program,
+  in an empty directory, with empty private tmp directories and nothing left running from the program before it
+  (with a PID namespace). A program written against this harness could forge the verdicts of the programs after
+  it in its batch, as it can its own; `batch_size=1` gives each program its own sandbox.
 
 Verdicts: "passed", "test_failed" (an AssertionError in a test), "runtime_error", "timeout", "memory_error",
 "syntax_error", "undefined_name", "no_code", and "bad_tests" (a test snippet that is not valid Python: a data
@@ -50,7 +55,8 @@ writes one line, tagged with a per-run random token, to a pipe reserved for it; 
 supervisor writes how (the CPU limit's signals: "timeout"; SIGKILL below it: the OOM killer, "memory_error"). The program runs as a real module named `solution` (so its `if __name__ == "__main__":`
 demo code does not run), and the tests run in its namespace.
 
-Many programs run through `run_tests_many`, a bounded pool (see `pool_size`).
+Many programs run through `run_tests_many`: batches of programs per sandbox (starting the namespaces and the
+interpreter costs more than most programs take to run), the batches in a bounded pool (see `pool_size`).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ import logging
 import math
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -72,6 +79,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import IO
 
 from fusechat3.scoring.code_extract import static_verdict
 
@@ -92,6 +100,7 @@ FILE_SIZE_LIMIT = 16 * 1024 * 1024  # a test program has no reason to write more
 OPEN_FILES_LIMIT = 128
 PROCESS_LIMIT = 64  # per sandbox when it has its own user namespace (see _isolation)
 NOBODY = 65534
+BATCH_SIZE = 16  # programs per sandbox in run_tests_many
 PRIVATE_DIRS = ("/tmp", "/dev/shm", "/var/tmp")  # world-writable: each gets a private tmpfs where namespaces allow
 _UNSHARE_MOUNT = ("unshare", "-rnm", "--pid", "--fork", "--kill-child", "--mount-proc", "--")
 _UNSHARE_FULL = ("unshare", "-rn", "--pid", "--fork", "--kill-child", "--")
@@ -234,19 +243,14 @@ def _kill_group(pid: int) -> None:
         pass  # already gone
 
 
-def _read_verdict(fd: int, token: str) -> str | None:
-    os.set_blocking(fd, False)
-    data = b""
-    try:
-        while chunk := os.read(fd, 65536):
-            data += chunk
-    except BlockingIOError:
-        pass
+def _parse_verdicts(data: bytes, token: str, n: int) -> list[str | None]:
+    """The verdict of each of `n` jobs from the lines "<token> <i> <verdict>" (None where there is none)."""
+    found: list[str | None] = [None] * n
     for line in data.decode("utf-8", "replace").splitlines():
-        tag, _, verdict = line.partition(" ")
-        if tag == token and verdict in VERDICTS:
-            return verdict
-    return None
+        tag, index, verdict = (line.split(" ", 2) + ["", ""])[:3]
+        if tag == token and index.isdigit() and int(index) < n and verdict in VERDICTS and found[int(index)] is None:
+            found[int(index)] = verdict
+    return found
 
 
 def _limits(timeout_s: float, memory_mb: int, nproc: bool) -> dict[str, tuple[int, int]]:
@@ -275,78 +279,102 @@ def run_tests(code: str, tests: list[str], *, timeout_s: float = 10.0, memory_mb
 
 
 def _sandboxed(code: str, tests: list[str], iso: _Isolation, timeout_s: float, memory_mb: int) -> str:
+    """The verdict of one program (a batch of one)."""
+    verdicts, timed_out = _sandboxed_batch([(code, tests)], iso, timeout_s, memory_mb)
+    return verdicts[0] or ("timeout" if timed_out else "runtime_error")
+
+
+def _sandboxed_batch(
+    jobs: list[tuple[str, list[str]]], iso: _Isolation, timeout_s: float, memory_mb: int
+) -> tuple[list[str | None], bool]:
+    """Run the jobs one after the other in one sandbox: (verdict or None for each, whether the batch's own clock
+    ran out). The child gives each program its own wall clock; the batch's clock here is a backstop."""
     token = secrets.token_hex(16)
     config = {
         "limits": _limits(timeout_s, memory_mb, iso.nproc),
+        "timeout_s": timeout_s,
         "private_dirs": [d for d in PRIVATE_DIRS if os.path.isdir(d)] if iso.private_dirs else [],
         "private_size": FILE_SIZE_LIMIT,
         "drop_capabilities": bool(iso.prefix),  # root inside a user namespace
     }
+    payload = f"{token}\n{json.dumps([[code, list(tests)] for code, tests in jobs])}\n".encode()
     with _workdir(iso.user) as cwd:
-        for name, text in (("solution.py", code), ("tests.json", json.dumps(list(tests)))):
-            with open(os.path.join(cwd, name), "w", encoding="utf-8") as f:
-                f.write(text)
-        return _run_child(cwd, iso, token, timeout_s, config)
+        data, timed_out = _run_child(cwd, iso, payload, len(jobs) * (timeout_s + 1) + 10, config)
+    # A job without a verdict: the supervisor itself died (it cannot start, or a program killed it where there is
+    # no PID namespace), or the batch's clock ran out.
+    return _parse_verdicts(data, token, len(jobs)), timed_out
 
 
-def _run_child(cwd: str, iso: _Isolation, token: str, timeout_s: float, config: dict) -> str:
+# What a batch's programs may write to the verdict pipe is read and dropped past this size.
+_PIPE_KEEP = 1 << 20
+
+
+def _run_child(cwd: str, iso: _Isolation, payload: bytes, timeout_s: float, config: dict) -> tuple[bytes, bool]:
+    """Start the harness, feed it `payload`, collect what reaches the verdict pipe until it exits or `timeout_s`
+    passes; then kill its whole process group. (data, whether the clock ran out)."""
     read_fd, write_fd = os.pipe()
+    data = bytearray()
+    stack = contextlib.ExitStack()
     try:
-        with open(os.path.join(cwd, "stderr.txt"), "wb") as stderr:
-            proc = subprocess.Popen(
-                [*iso.prefix, iso.python, "-I", "-c", _child_source(), str(write_fd), json.dumps(config)],
-                cwd=cwd,
-                env=_child_env(cwd),
-                user=iso.user,
-                group=iso.user,
-                extra_groups=[] if iso.user is not None else None,
-                start_new_session=True,  # its own process group: killed as a whole below
-                pass_fds=(write_fd,),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
+        # Outside the work dir, which the harness empties between programs.
+        stderr = stack.enter_context(tempfile.TemporaryFile())
+        proc = subprocess.Popen(
+            [*iso.prefix, iso.python, "-I", "-c", _child_source(), str(write_fd), json.dumps(config)],
+            cwd=cwd,
+            env=_child_env(cwd),
+            user=iso.user,
+            group=iso.user,
+            extra_groups=[] if iso.user is not None else None,
+            start_new_session=True,  # its own process group: killed as a whole below
+            pass_fds=(write_fd,),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
         os.close(write_fd)
         write_fd = -1
-        timed_out = _feed_and_wait(proc, token, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(payload)
+            proc.stdin.close()
+        except OSError:
+            pass  # the child is already gone; its exit status tells why
+        # Read while it runs: a program that fills the pipe must not block the verdicts behind it.
+        timed_out = False
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], max(0.0, min(0.5, deadline - time.monotonic())))
+            if ready:
+                chunk = os.read(read_fd, 65536)
+                if not chunk:
+                    break  # every writer is gone
+                if len(data) < _PIPE_KEEP:
+                    data += chunk
+            elif proc.poll() is not None:
+                break  # exited, and a leftover (no PID namespace) holds the pipe open
+            elif time.monotonic() >= deadline:
+                timed_out = True
+                break
         _kill_group(proc.pid)  # always: children the program forked must not outlive it
         proc.wait()
-        verdict = _read_verdict(read_fd, token)
+        os.set_blocking(read_fd, False)
+        with contextlib.suppress(BlockingIOError):
+            while len(data) < _PIPE_KEEP and (chunk := os.read(read_fd, 65536)):
+                data += chunk
+        if proc.returncode != 0 and not timed_out:
+            log.debug("sandbox: exit %s, stderr %s", proc.returncode, _tail(stderr))
     finally:
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
-    if timed_out:
-        return "timeout"
-    if verdict is None:
-        # The supervisor itself died (it cannot start, or the program killed it where there is no PID namespace).
-        log.debug("sandbox: no verdict, exit %s, stderr %s", proc.returncode, _tail(os.path.join(cwd, "stderr.txt")))
-    return verdict or "runtime_error"
+        stack.close()
+    return bytes(data), timed_out
 
 
-def _feed_and_wait(proc: subprocess.Popen, token: str, timeout_s: float) -> bool:
-    """Give the harness its token, wait up to timeout_s; True if it timed out."""
-    deadline = time.monotonic() + timeout_s
-    try:
-        assert proc.stdin is not None
-        proc.stdin.write(f"{token}\n".encode())
-        proc.stdin.close()
-    except OSError:
-        pass  # the child is already gone; its exit status tells why
-    try:
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        return True
-    return False
-
-
-def _tail(path: str, size: int = 500) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - size))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+def _tail(f: IO[bytes], size: int = 500) -> str:
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - size))
+    return f.read().decode("utf-8", "replace")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -379,14 +407,39 @@ def run_tests_many(
     timeout_s: float = 10.0,
     memory_mb: int = 1024,
     workers: int = 0,
+    batch_size: int = BATCH_SIZE,
 ) -> list[tuple[bool, str]]:
-    """`run_tests` over (code, tests) jobs in a bounded pool (`pool_size`); results in job order.
+    """`run_tests` over (code, tests) jobs; results in job order, the same as `run_tests` gives one by one.
 
-    Threads suffice: each waits on its own sandbox process, the work happens there."""
+    The programs that pass the static check run in batches of `batch_size` per sandbox (one after the other, each
+    in a fresh worker, `sandbox_child`), the batches in a bounded pool (`pool_size`): starting a sandbox (the
+    namespaces, the interpreter) costs more than most programs take to run. A job whose batch gives it no verdict
+    (its supervisor died: a program killed it where there is no PID namespace) is run again alone. Threads
+    suffice: each waits on its own sandbox process, the work happens there."""
     jobs = list(jobs)
-    if not jobs:
-        return []
-    _isolation()  # probe once, before the threads race to do it
-    size = pool_size(workers, len(jobs), memory_mb)
-    with ThreadPoolExecutor(max_workers=size) as pool:
-        return list(pool.map(lambda job: run_tests(job[0], job[1], timeout_s=timeout_s, memory_mb=memory_mb), jobs))
+    out: list[tuple[bool, str] | None] = [None] * len(jobs)
+    todo = []
+    for i, (code, tests) in enumerate(jobs):
+        problem = static_verdict(code, tests)
+        if problem:
+            out[i] = (False, problem)
+        else:
+            todo.append(i)
+    if todo:
+        iso = _isolation()  # probe once, before the threads race to do it
+        size = pool_size(workers, len(todo), memory_mb)
+        # Batches no bigger than an equal share of the pool, so that a few jobs still use every sandbox at once.
+        step = max(1, min(batch_size, -(-len(todo) // size)))
+        batches = [todo[k : k + step] for k in range(0, len(todo), step)]
+
+        def run(batch: list[int]) -> None:
+            verdicts, timed_out = _sandboxed_batch([jobs[i] for i in batch], iso, timeout_s, memory_mb)
+            for i, verdict in zip(batch, verdicts, strict=True):
+                if verdict is None and len(batch) > 1:
+                    verdict = _sandboxed(*jobs[i], iso, timeout_s, memory_mb)
+                verdict = verdict or ("timeout" if timed_out else "runtime_error")
+                out[i] = (verdict == "passed", verdict)
+
+        with ThreadPoolExecutor(max_workers=size) as pool:
+            list(pool.map(run, batches))
+    return [r for r in out if r is not None]

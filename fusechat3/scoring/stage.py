@@ -98,6 +98,7 @@ def _score_chunk(recipe, rm, chunk: list[dict], prompts: dict[str, dict]) -> lis
                 [chunk_prompts[i] for i in unique],
                 [chunk[i]["text"] for i in unique],
                 **recipe.scoring.checks,
+                batch_size=recipe.scoring.code.batch_size,
             ),
             strict=True,
         )

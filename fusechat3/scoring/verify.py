@@ -20,6 +20,7 @@ def verify_many(
     timeout_s: float = 10.0,
     memory_mb: int = 1024,
     workers: int = 0,
+    batch_size: int = 16,
     no_answer_is_wrong: bool = True,
 ) -> list[tuple[bool | None, str]]:
     """(correct, verdict) for each (prompt row, response text) pair, in order.
@@ -58,7 +59,11 @@ def verify_many(
         keys = [(code, tuple(tests)) for code, tests in code_jobs]
         distinct = list(dict.fromkeys(keys))
         results = run_tests_many(
-            [(c, list(t)) for c, t in distinct], timeout_s=timeout_s, memory_mb=memory_mb, workers=workers
+            [(c, list(t)) for c, t in distinct],
+            timeout_s=timeout_s,
+            memory_mb=memory_mb,
+            workers=workers,
+            batch_size=batch_size,
         )
         verdicts = dict(zip(distinct, results, strict=True))
         for i, key in zip(code_idx, keys, strict=True):
