@@ -163,7 +163,7 @@ class CodeSpec(Section):
     timeout_s: float = Field(10.0, gt=0)  # wall-clock limit per response, seconds
     memory_mb: int = Field(1024, ge=1)  # address-space limit per response, MiB
     workers: int = Field(0, ge=0)  # parallel sandboxes; 0: one per CPU core
-    # Programs run one after the other in one sandbox, each in a fresh worker (1: a sandbox per program, ~6x slower
+    # Programs run one after the other in one sandbox, each in a fresh worker (1: a sandbox per program, ~5x slower
     # on the toy world's programs, benchmarks/sandbox_throughput.py). Verdicts do not depend on it: it is left out
     # of the stage keys (exclude), so changing it re-scores nothing.
     batch_size: int = Field(16, ge=1, exclude=True)

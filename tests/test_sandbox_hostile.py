@@ -4,7 +4,8 @@ leaves the host unharmed (files, processes, the test runner).
 Every program defines a *wrong* `add` (a - b) after its attack, so that an honest judge says "test_failed" once
 the tests run, and an attack that skipped or forged the tests would show as "passed": no program here may pass.
 Attacks that end the program first get "runtime_error" (an exception, an early exit), "timeout" or
-"memory_error". They run together through `run_tests_many`, two at a time, in one batch (about 10 s).
+"memory_error". They run together through `run_tests_many`: batches of up to 16 programs per sandbox, two sandboxes
+at a time (about 10 s).
 
 What is guaranteed depends on the machine (`describe_isolation()`); a case this machine cannot contain is skipped
 with the reason and NOT run (kill(-1) without a PID namespace would reach the host's processes):
