@@ -156,6 +156,21 @@ class RewardSpec(Section):
 
     _check_model = field_validator("model")(_model_ref)
 
+    def load(self) -> Any:
+        """The `fusechat3.scoring.reward.RewardModel` these settings describe (loaded; close it after use)."""
+        from fusechat3.scoring.reward import RewardModel
+
+        return RewardModel(
+            resolve_model(self.model),
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            max_tokens_per_batch=self.max_tokens_per_batch,
+            dtype=self.dtype,
+            trust_remote_code=self.trust_remote_code,
+            revision=self.revision,
+            backend=self.backend,
+        )
+
 
 class CodeSpec(Section):
     """The sandbox that runs code responses against their tests."""
@@ -222,6 +237,12 @@ class EvalSpec(Section):
     """Held-out evaluation of the trained models."""
 
     prompts: list[BuilderSpec] = Field(min_length=1)  # evaluation prompt builders
+    # More models to evaluate beside the run's own, by scoreboard name: a model folder (trained outside the run, e.g.
+    # by `accelerate launch`) or a Hub id (a released fused model), sampled with `sampler`.
+    models: dict[Annotated[str, _simple_name("model name")], str] = {}
+    # The reward model that judges win rates against a benchmark's baseline answers (AlpacaEval, Arena-Hard);
+    # null: the recipe's scoring.reward_model. Prompts without baseline answers never load it.
+    judge: RewardSpec | None = None
     # How models are sampled for evaluation: greedy, one response, by default; keys given here
     # change those defaults (a partial block keeps the others, not the sources' sampling defaults).
     sampling: GenParams = GenParams(**_EVAL_SAMPLING)
@@ -282,6 +303,16 @@ class Recipe(Section):
         if len(targets) == len(sources):
             raise ValueError("must list at least one source with role: source (the models to fuse)")
         return sources
+
+    @model_validator(mode="after")
+    def _eval_models_have_their_own_names(self) -> Recipe:
+        taken = {s.name for s in self.sources}
+        for name in self.eval.models if self.eval is not None else {}:
+            if name in taken or name.startswith("target_"):
+                raise KeyProblem(
+                    "eval", f"models: {name!r} is the name of a model of the run (a source or target_*); rename it"
+                )
+        return self
 
     @model_validator(mode="after")
     def _names_refer_to_sources(self) -> Recipe:
@@ -361,6 +392,12 @@ class Recipe(Section):
         if self.scoring is not None:
             return self.scoring.checks
         return ScoringSpec.model_construct(code=CodeSpec(), math=MathSpec()).checks
+
+    @property
+    def eval_judge(self) -> RewardSpec | None:
+        """The reward model judging win rates: `eval.judge`, else `scoring.reward_model` (None without either)."""
+        judge = self.eval.judge if self.eval is not None else None
+        return judge or (self.scoring.reward_model if self.scoring is not None else None)
 
     @property
     def sandbox_batch_size(self) -> int:

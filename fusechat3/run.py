@@ -90,6 +90,8 @@ class Run:
             out[model] = str(self.output(stage.name, "model", part))
         for src in self.recipe.fusion_sources:
             out[src.name] = resolve_model(src.model)
+        for name, ref in _extra_models(self.recipe).items():
+            out[name] = resolve_model(ref)
         return out
 
     def model_key(self, name: str) -> str:
@@ -99,6 +101,8 @@ class Run:
                 return self.key(f"{stage.name}/{part}" if part else stage.name)
         if name == "target_before":
             return self.recipe.target.model
+        if name in _extra_models(self.recipe):
+            return _extra_models(self.recipe)[name]
         return self.recipe.source(name).model
 
 
@@ -112,10 +116,17 @@ def _made_models(recipe: Recipe) -> list[tuple[stages.StageDef, str, str | None]
     ]
 
 
+def _extra_models(recipe: Recipe) -> dict[str, str]:
+    """`eval.models`: models evaluated beside the run's own (a folder trained outside the run, a released model)."""
+    return dict(recipe.eval.models) if recipe.eval is not None else {}
+
+
 def model_names(recipe: Recipe) -> list[str]:
     """The models of a run: the untrained target (`target_before`), the models its stages make
-    (`target_sft`, `target_dpo`, ...), and each source by its own name (not the target's own samples)."""
-    return ["target_before", *(m for _, m, _ in _made_models(recipe)), *(s.name for s in recipe.fusion_sources)]
+    (`target_sft`, `target_dpo`, ...), each source by its own name (not the target's own samples), and the extra
+    models of `eval.models`."""
+    made = [m for _, m, _ in _made_models(recipe)]
+    return ["target_before", *made, *(s.name for s in recipe.fusion_sources), *_extra_models(recipe)]
 
 
 def print_summary(title: str, rows: list[tuple[str, object]], seconds: float | None = None) -> None:

@@ -18,8 +18,11 @@ import json
 import time
 from collections import defaultdict
 
+from fusechat3.errors import RecipeError
+from fusechat3.evaluation.winrate import judge, win_rate
 from fusechat3.recipe import as_dict
 from fusechat3.run import Run, log, model_names
+from fusechat3.schema import prompt_meta
 from fusechat3.scoring.verify import verify_many
 from fusechat3.stages import StageDef, require_enabled
 
@@ -51,6 +54,12 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
     sp = recipe.eval.sampling
     params = sp.with_n(1)
     board: dict[str, dict[str, float]] = {}
+    win_rates: dict[str, dict[str, dict]] = {}
+    if any("baseline" in prompt_meta(p) for p in prompts) and recipe.eval_judge is None:
+        raise RecipeError(
+            f"{recipe.path}: eval.prompts have baseline answers (a win-rate benchmark) but there is no judge; "
+            "set eval.judge (a reward model, e.g. {model: RLHFlow/ArmoRM-Llama3-8B-v0.1})"
+        )
     for name, path in run.models().items():
         if only and name not in only:
             continue
@@ -75,6 +84,7 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
                 {
                     "prompt_id": p["prompt_id"],
                     "domain": p["domain"],
+                    "benchmark": benchmark_of(p),
                     "model": name,
                     "text": o[0].text,
                     "finish_reason": o[0].finish_reason,
@@ -83,13 +93,19 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
                 }
                 for p, o, (c, v) in zip(prompts, outs, checks, strict=True)
             ]
+            _judge_rows(recipe, prompts, texts, rows)
             stage.write_shard("results", rows)
-            stage.finish({"accuracy": _accuracy(rows), "seconds": round(time.time() - t0, 1)})
+            scores, detail = _scores(rows, recipe.seed)
+            stage.finish({"accuracy": scores, "win_rates": detail, "seconds": round(time.time() - t0, 1)})
         board[name] = stage.summary()["accuracy"]
+        if stage.summary().get("win_rates"):
+            win_rates[name] = stage.summary()["win_rates"]
     n = defaultdict(int)
     for p in prompts:
-        n[p["domain"]] += 1
+        n[benchmark_of(p)] += 1
     result = {"models": board, "n": dict(n)}
+    if win_rates:
+        result["win_rates"] = win_rates
     normalized = normalized_performance(run.recipe, board)
     if normalized:
         result["normalized"] = normalized
@@ -124,13 +140,51 @@ def normalized_performance(recipe, board: dict[str, dict[str, float]]) -> dict[s
     return out
 
 
-def _accuracy(rows: list[dict]) -> dict[str, float]:
-    by: dict[str, list[bool]] = defaultdict(list)
+def benchmark_of(prompt: dict) -> str:
+    """The scoreboard column of a prompt: its builder's `meta["benchmark"]` (gsm8k, alpaca_eval, ...), else its
+    domain (the toy world's tasks)."""
+    return str(prompt_meta(prompt).get("benchmark") or prompt["domain"])
+
+
+def _judge_rows(recipe, prompts: list[dict], texts: list[str], rows: list[dict]) -> None:
+    """Add the judge's rewards to the rows of prompts with a baseline answer (`reward`, `baseline_reward`)."""
+    judged = [i for i, p in enumerate(prompts) if "baseline" in prompt_meta(p)]
+    if not judged:
+        return
+    rewards = judge(recipe.eval_judge, [prompts[i] for i in judged], [texts[i] for i in judged])
+    for i, (mine, theirs) in zip(judged, rewards, strict=True):
+        rows[i]["reward"], rows[i]["baseline_reward"] = mine, theirs
+        rows[i]["baseline_length"] = len(prompt_meta(prompts[i])["baseline"])
+        rows[i]["correct"] = mine is not None and theirs is not None and mine > theirs
+
+
+def _scores(rows: list[dict], seed: int) -> tuple[dict[str, float], dict[str, dict]]:
+    """Per benchmark, in [0, 1]: the accuracy, or for a judged benchmark the win rate (ties one half); and the
+    judged benchmarks' win-rate figures (`winrate.win_rate`, with `unjudged`: prompts the judge gave no reward)."""
+    by: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        by[r["domain"]].append(r["correct"])
-    acc = {d: round(sum(v) / len(v), 4) for d, v in sorted(by.items())}
-    acc["average"] = round(sum(acc.values()) / len(acc), 4) if acc else 0.0
-    return acc
+        by[r.get("benchmark") or r["domain"]].append(r)
+    scores: dict[str, float] = {}
+    detail: dict[str, dict] = {}
+    for bench, group in sorted(by.items()):
+        if "baseline_reward" not in group[0]:
+            scores[bench] = round(sum(r["correct"] for r in group) / len(group), 4)
+            continue
+        ok = [r for r in group if r["reward"] is not None and r["baseline_reward"] is not None]
+        if not ok:
+            detail[bench] = {"n": 0, "unjudged": len(group)}
+            continue
+        figures = win_rate(
+            [r["reward"] for r in ok],
+            [r["baseline_reward"] for r in ok],
+            [len(r["text"]) for r in ok],
+            [r["baseline_length"] for r in ok],
+            seed=seed,
+        )
+        detail[bench] = {**figures, "unjudged": len(group) - len(ok)}
+        scores[bench] = round(figures["win_rate"] / 100, 4)
+    scores["average"] = round(sum(scores.values()) / len(scores), 4) if scores else 0.0
+    return scores, detail
 
 
 def print_scoreboard(result: dict) -> None:
@@ -139,7 +193,10 @@ def print_scoreboard(result: dict) -> None:
 
     models = result["models"]
     domains = sorted({d for acc in models.values() for d in acc if d != "average"})
-    table = Table(title="scoreboard: held-out accuracy (%)", title_justify="left")
+    title = "scoreboard: held-out accuracy (%)" + (
+        ", win rate (%) against the baseline" if result.get("win_rates") else ""
+    )
+    table = Table(title=title, title_justify="left")
     table.add_column("model")
     for d in [*domains, "average"]:
         table.add_column(d, justify="right")
@@ -154,6 +211,25 @@ def print_scoreboard(result: dict) -> None:
         for name, ratio in result["normalized"].items():
             norm.add_row(name, *("-" if ratio.get(d) is None else f"{ratio[d]:.2f}" for d in [*domains, "average"]))
         Console().print(norm)
+    if result.get("win_rates"):
+        wins = Table(title="win rates: judged by the reward model, ties one half (%)", title_justify="left")
+        for column in ("model", "benchmark", "win rate", "95% CI", "length-controlled", "W/T/L", "unjudged"):
+            wins.add_column(column, justify="left" if column in ("model", "benchmark") else "right")
+        for name, per in result["win_rates"].items():
+            for bench, f in per.items():
+                if not f.get("n"):
+                    wins.add_row(name, bench, "-", "-", "-", "-", str(f.get("unjudged", 0)))
+                    continue
+                wins.add_row(
+                    name,
+                    bench,
+                    f"{f['win_rate']:.1f}",
+                    f"{f['ci_low']:.1f}-{f['ci_high']:.1f}",
+                    f"{f['lc_win_rate']:.1f}",
+                    f"{f['wins']}/{f['ties']}/{f['losses']}",
+                    str(f["unjudged"]),
+                )
+        Console().print(wins)
 
 
 def _how_sampled(run: Run, name: str) -> tuple[str, dict, str | None]:

@@ -16,7 +16,7 @@ import math
 import time
 from collections import Counter, defaultdict
 
-from fusechat3.recipe import as_dict, resolve_model
+from fusechat3.recipe import as_dict
 from fusechat3.run import Run, log
 from fusechat3.schema import assistant, make_score, sample_key
 from fusechat3.scoring.verify import verify_many
@@ -41,20 +41,8 @@ def run_score(run: Run) -> None:
     todo = [k for k in range(0, len(samples), size) if not stage.has_shard(f"shard-{k // size:05d}")]
     rm = None
     if todo:
-        from fusechat3.scoring.reward import RewardModel
-
-        spec = recipe.scoring.reward_model
         log(f"score: {len(todo)} of {-(-len(samples) // size)} shards to do ({len(samples)} responses)")
-        rm = RewardModel(
-            resolve_model(spec.model),
-            batch_size=spec.batch_size,
-            max_length=spec.max_length,
-            max_tokens_per_batch=spec.max_tokens_per_batch,
-            dtype=spec.dtype,
-            trust_remote_code=spec.trust_remote_code,
-            revision=spec.revision,
-            backend=spec.backend,
-        )
+        rm = recipe.scoring.reward_model.load()
     bar = tqdm(total=sum(len(samples[k : k + size]) for k in todo), desc="score", unit="response", disable=not todo)
     try:
         for k in todo:
