@@ -100,3 +100,26 @@ def test_eval_of_a_model_against_its_own_answers_is_fifty_percent(tmp_path: Path
     assert figures["n"] == 12 and figures["ties"] == 12 and figures["unjudged"] == 0
     assert figures["ci_low"] <= figures["win_rate"] == 50.0 <= figures["ci_high"]
     assert result["models"]["target_before"]["alpaca_eval"] == 0.5 and result["n"] == {"alpaca_eval": 12}
+    md = (tmp_path / "run" / "eval" / "scoreboard.md").read_text()
+    assert md.startswith("| model | alpaca_eval (win rate) | average |\n") and "| `target_before` | 50.0 | 50.0 |" in md
+    assert (tmp_path / "run" / "eval" / "scoreboard.png").is_file()
+
+
+def test_the_results_table_has_deltas_against_the_first_model(tmp_path: Path) -> None:
+    from fusechat3.evaluation import table
+
+    result = {
+        "models": {
+            "target_before": {"gsm8k": 0.5, "alpaca_eval": 0.25, "average": 0.375},
+            "target_dpo": {"gsm8k": 0.625, "alpaca_eval": 0.5, "average": 0.5625},
+        },
+        "n": {"gsm8k": 8, "alpaca_eval": 4},
+        "win_rates": {"target_dpo": {"alpaca_eval": {"win_rate": 50.0}}},
+    }
+    md = table.markdown(result).splitlines()
+    assert md[0] == "| model | alpaca_eval (win rate) | gsm8k | average |"
+    assert md[2] == "| `target_before` | 25.0 | 50.0 | 37.5 |"
+    assert md[3] == "| `target_dpo` | 50.0 (+25.0) | 62.5 (+12.5) | 56.2 (+18.8) |"
+    assert "alpaca_eval 4, gsm8k 8" in md[5]
+    table.plot(result, tmp_path / "scoreboard.png")
+    assert (tmp_path / "scoreboard.png").read_bytes()[:4] == b"\x89PNG"

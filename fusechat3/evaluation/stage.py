@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 
 from fusechat3.errors import RecipeError
+from fusechat3.evaluation import table
 from fusechat3.evaluation.winrate import judge, win_rate
 from fusechat3.recipe import as_dict
 from fusechat3.run import Run, log, model_names
@@ -111,8 +112,10 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
         result["normalized"] = normalized
     out = run.output(EVAL.name, "scoreboard")
     out.write_text(json.dumps(result, indent=1))
+    run.output(EVAL.name, "table").write_text(table.markdown(result))
+    table.plot(result, run.output(EVAL.name, "plot"))
     print_scoreboard(result)
-    log(f"scoreboard written to {out}")
+    log(f"scoreboard written to {out} (table: {out.with_suffix('.md').name}, plot: {out.with_suffix('.png').name})")
     return result
 
 
@@ -263,7 +266,12 @@ EVAL = StageDef(
     run=run_eval,
     settings=_settings,
     parts=model_names,  # one part per model: eval/<model>
-    outputs={"results": "results.parquet", "scoreboard": "scoreboard.json"},
+    outputs={
+        "results": "results.parquet",
+        "scoreboard": "scoreboard.json",
+        "table": "scoreboard.md",
+        "plot": "scoreboard.png",
+    },
     enabled=lambda recipe: recipe.eval is not None,
     disabled_reason="the recipe has no `eval:` section",
     arguments=_arguments,

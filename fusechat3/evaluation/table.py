@@ -1,0 +1,68 @@
+"""The scoreboard as a results table, the shape of the papers' tables: one row per model, one column per benchmark
+and the average, each cell the score in percent and its difference from the first model (the target before fusion),
+as Markdown (`scoreboard.md`) and a grouped bar plot (`scoreboard.png`, matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def columns(result: dict) -> list[str]:
+    """The benchmarks of a scoreboard, sorted, then "average"."""
+    names = sorted({b for scores in result["models"].values() for b in scores if b != "average"})
+    return [*names, "average"]
+
+
+def markdown(result: dict) -> str:
+    """The table, deltas against the first model; win-rate benchmarks are marked and explained under it."""
+    models = result["models"]
+    cols = columns(result)
+    judged = sorted({b for per in result.get("win_rates", {}).values() for b in per})
+    first = next(iter(models), None)
+    head = [f"{c} (win rate)" if c in judged else c for c in cols]
+    lines = ["| model | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols)]
+    for name, scores in models.items():
+        cells = []
+        for c in cols:
+            if c not in scores:
+                cells.append("-")
+                continue
+            value = 100 * scores[c]
+            base = models[first].get(c) if first is not None else None
+            delta = "" if name == first or base is None else f" ({value - 100 * base:+.1f})"
+            cells.append(f"{value:.1f}{delta}")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    n = result.get("n", {})
+    notes = [
+        "",
+        f"Scores in %, in brackets the difference from `{first}`. Prompts per benchmark: "
+        + ", ".join(f"{b} {n[b]}" for b in sorted(n))
+        + ".",
+    ]
+    if judged:
+        notes.append(
+            "Win rate: the model's answer against the benchmark's baseline answer, judged by the reward model, ties "
+            "one half; the 95% bootstrap interval and the length-controlled rate are in `scoreboard.json` "
+            "(`win_rates`) and printed by `fusechat3 eval`."
+        )
+    return "\n".join(lines + notes) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """A grouped bar chart: one group per benchmark (and the average), one bar per model."""
+    from matplotlib.figure import Figure
+
+    models = result["models"]
+    cols = columns(result)
+    fig = Figure(figsize=(max(6.0, 1.4 * len(cols) + 2), 4.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(models))
+    for k, (name, scores) in enumerate(models.items()):
+        xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(cols))]
+        ax.bar(xs, [100 * scores.get(c, 0.0) for c in cols], width, label=name)
+    ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right")
+    ax.set_ylabel("score (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncols=2)
+    ax.set_title("scoreboard")
+    fig.savefig(path, dpi=110)
