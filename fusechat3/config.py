@@ -323,3 +323,10 @@ def read_yaml(path: str | Path, overrides: Sequence[str] = (), what: str = "reci
     except RecipeError as e:
         raise RecipeError(f"{source}: {e}") from None
     return raw
+
+
+def model_ref(value: str) -> str:
+    """A field validator: a model reference (local path, Hub id or `toyworld:<asset>`) must not be empty."""
+    if not value:
+        raise ValueError("must be a local path, a Hub id or 'toyworld:<asset>', got ''")
+    return value
