@@ -314,60 +314,58 @@ def _run_child(cwd: str, iso: _Isolation, payload: bytes, timeout_s: float, conf
     passes; then kill its whole process group. (data, whether the clock ran out)."""
     read_fd, write_fd = os.pipe()
     data = bytearray()
-    stack = contextlib.ExitStack()
-    try:
-        # Outside the work dir, which the harness empties between programs.
-        stderr = stack.enter_context(tempfile.TemporaryFile())
-        proc = subprocess.Popen(
-            [*iso.prefix, iso.python, "-I", "-c", _child_source(), str(write_fd), json.dumps(config)],
-            cwd=cwd,
-            env=_child_env(cwd),
-            user=iso.user,
-            group=iso.user,
-            extra_groups=[] if iso.user is not None else None,
-            start_new_session=True,  # its own process group: killed as a whole below
-            pass_fds=(write_fd,),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        os.close(write_fd)
-        write_fd = -1
-        deadline = time.monotonic() + timeout_s
+    # stderr goes outside the work dir, which the harness empties between programs.
+    with tempfile.TemporaryFile() as stderr:
         try:
-            assert proc.stdin is not None
-            proc.stdin.write(payload)
-            proc.stdin.close()
-        except OSError:
-            pass  # the child is already gone; its exit status tells why
-        # Read while it runs: a program that fills the pipe must not block the verdicts behind it.
-        timed_out = False
-        while True:
-            ready, _, _ = select.select([read_fd], [], [], max(0.0, min(0.5, deadline - time.monotonic())))
-            if ready:
-                chunk = os.read(read_fd, 65536)
-                if not chunk:
-                    break  # every writer is gone
-                if len(data) < _PIPE_KEEP:
-                    data += chunk
-            elif proc.poll() is not None:
-                break  # exited, and a leftover (no PID namespace) holds the pipe open
-            elif time.monotonic() >= deadline:
-                timed_out = True
-                break
-        _kill_group(proc.pid)  # always: children the program forked must not outlive it
-        proc.wait()
-        os.set_blocking(read_fd, False)
-        with contextlib.suppress(BlockingIOError):
-            while len(data) < _PIPE_KEEP and (chunk := os.read(read_fd, 65536)):
-                data += chunk
-        if proc.returncode != 0 and not timed_out:
-            log.debug("sandbox: exit %s, stderr %s", proc.returncode, _tail(stderr))
-    finally:
-        os.close(read_fd)
-        if write_fd >= 0:
+            proc = subprocess.Popen(
+                [*iso.prefix, iso.python, "-I", "-c", _child_source(), str(write_fd), json.dumps(config)],
+                cwd=cwd,
+                env=_child_env(cwd),
+                user=iso.user,
+                group=iso.user,
+                extra_groups=[] if iso.user is not None else None,
+                start_new_session=True,  # its own process group: killed as a whole below
+                pass_fds=(write_fd,),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
             os.close(write_fd)
-        stack.close()
+            write_fd = -1
+            deadline = time.monotonic() + timeout_s
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(payload)
+                proc.stdin.close()
+            except OSError:
+                pass  # the child is already gone; its exit status tells why
+            # Read while it runs: a program that fills the pipe must not block the verdicts behind it.
+            timed_out = False
+            while True:
+                ready, _, _ = select.select([read_fd], [], [], max(0.0, min(0.5, deadline - time.monotonic())))
+                if ready:
+                    chunk = os.read(read_fd, 65536)
+                    if not chunk:
+                        break  # every writer is gone
+                    if len(data) < _PIPE_KEEP:
+                        data += chunk
+                elif proc.poll() is not None:
+                    break  # exited, and a leftover (no PID namespace) holds the pipe open
+                elif time.monotonic() >= deadline:
+                    timed_out = True
+                    break
+            _kill_group(proc.pid)  # always: children the program forked must not outlive it
+            proc.wait()
+            os.set_blocking(read_fd, False)
+            with contextlib.suppress(BlockingIOError):
+                while len(data) < _PIPE_KEEP and (chunk := os.read(read_fd, 65536)):
+                    data += chunk
+            if proc.returncode != 0 and not timed_out:
+                log.debug("sandbox: exit %s, stderr %s", proc.returncode, _tail(stderr))
+        finally:
+            os.close(read_fd)
+            if write_fd >= 0:
+                os.close(write_fd)
     return bytes(data), timed_out
 
 
