@@ -123,3 +123,15 @@ def test_the_results_table_has_deltas_against_the_first_model(tmp_path: Path) ->
     assert "alpaca_eval 4, gsm8k 8" in md[5]
     table.plot(result, tmp_path / "scoreboard.png")
     assert (tmp_path / "scoreboard.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_benchmark_with_no_check_and_no_baseline_gets_no_column() -> None:
+    from fusechat3.evaluation.stage import _scores
+
+    rows = [
+        {"benchmark": "gsm8k", "domain": "math", "correct": True, "verdict": "passed"},
+        {"benchmark": "gsm8k", "domain": "math", "correct": False, "verdict": "wrong_answer"},
+        {"benchmark": "arena_hard", "domain": "instruction", "correct": False, "verdict": "unchecked"},
+    ]
+    scores, detail = _scores(rows, seed=0)
+    assert scores == {"gsm8k": 0.5, "average": 0.5} and detail == {}

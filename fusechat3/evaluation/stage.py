@@ -171,6 +171,8 @@ def _scores(rows: list[dict], seed: int) -> tuple[dict[str, float], dict[str, di
     detail: dict[str, dict] = {}
     for bench, group in sorted(by.items()):
         if "baseline_reward" not in group[0]:
+            if all(r["verdict"] == "unchecked" for r in group):
+                continue  # no check and no baseline (e.g. arena_hard without its baseline file): no score
             scores[bench] = round(sum(r["correct"] for r in group) / len(group), 4)
             continue
         ok = [r for r in group if r["reward"] is not None and r["baseline_reward"] is not None]
