@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
@@ -67,6 +68,21 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--license", default="other", help="the card's license id, e.g. apache-2.0 (default: other)")
     pu.add_argument("--revision", help="the Hub branch to push to (default: main)")
 
+    le = sub.add_parser(
+        "lm-eval",
+        help="lm-evaluation-harness tasks on a model folder, a Hub id, or every model of a run (-> its results table)",
+    )
+    le.add_argument("target", help="a run recipe (e.g. recipes/toyworld/imf.yaml), a model folder or a Hub id")
+    le.add_argument("--tasks", nargs="+", required=True, help="harness task names (e.g. gsm8k ifeval)")
+    le.add_argument("--include-path", metavar="DIR", help="a folder of your own task YAMLs")
+    le.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="the harness's model backend")
+    le.add_argument("--models", nargs="+", help="with a recipe: only these models of the run")
+    le.add_argument("--limit", type=float, help="at most this many examples per task (a fraction if < 1)")
+    le.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
+    le.add_argument("--batch-size", default="8", help="the harness's batch size, or 'auto'")
+    le.add_argument("--no-chat-template", dest="chat_template", action="store_false", help="raw prompts")
+    le.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="recipe key")
+
     tw = sub.add_parser("toyworld", help="the toy world: build its models")
     tws = tw.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
     b = tws.add_parser("build", help="train the toy world's models from a seed (minutes on 2 CPU cores)")
@@ -105,7 +121,41 @@ def _toyworld(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lm_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fusechat3.evaluation import lm_eval_bridge as bridge
+
+    limit = None if args.limit is None else (args.limit if args.limit < 1 else int(args.limit))
+    batch = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
+    options = dict(
+        backend=args.backend,
+        include_path=args.include_path,
+        limit=limit,
+        num_fewshot=args.num_fewshot,
+        batch_size=batch,
+        chat_template=args.chat_template,
+    )
+    if Path(args.target).suffix in (".yaml", ".yml"):
+        from fusechat3.recipe import load_recipe
+        from fusechat3.run import Run
+
+        run = Run(load_recipe(args.target, args.overrides))
+        found = bridge.run_lm_eval(run, args.models, args.tasks, **options)
+        print(json.dumps(found, indent=1))
+        print(f"results table: {run.output('eval', 'table')}")
+        return 0
+    if args.models or args.overrides:
+        raise UserError("--models and --set go with a run recipe, not a model folder")
+    from fusechat3.recipe import resolve_model
+
+    print(json.dumps(bridge.evaluate(resolve_model(args.target), args.tasks, **options), indent=1))
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "lm-eval":
+        return _lm_eval(args)
     stage = stages.stages().get(args.command)
     if stage is not None and stage.config_entry is not None:
         from fusechat3.training.config import is_config_file

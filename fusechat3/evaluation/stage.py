@@ -112,8 +112,7 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
         result["normalized"] = normalized
     out = run.output(EVAL.name, "scoreboard")
     out.write_text(json.dumps(result, indent=1))
-    run.output(EVAL.name, "table").write_text(table.markdown(result))
-    table.plot(result, run.output(EVAL.name, "plot"))
+    table.write_table(run)  # scoreboard.md / .png, with lm-eval's columns when `fusechat3 lm-eval` wrote some
     print_scoreboard(result)
     log(f"scoreboard written to {out} (table: {out.with_suffix('.md').name}, plot: {out.with_suffix('.png').name})")
     return result
@@ -273,6 +272,7 @@ EVAL = StageDef(
         "scoreboard": "scoreboard.json",
         "table": "scoreboard.md",
         "plot": "scoreboard.png",
+        "lm_eval": "lm_eval.json",  # written by `fusechat3 lm-eval` (fusechat3.evaluation.lm_eval_bridge)
     },
     enabled=lambda recipe: recipe.eval is not None,
     disabled_reason="the recipe has no `eval:` section",

@@ -66,3 +66,27 @@ def plot(result: dict, path: Path) -> None:
     ax.legend(fontsize=7, ncols=2)
     ax.set_title("scoreboard")
     fig.savefig(path, dpi=110)
+
+
+def merged(result: dict, extra: dict[str, dict[str, float]]) -> dict:
+    """The scoreboard with more columns per model (lm-eval's), the average over every column recomputed."""
+    models = {name: dict(scores) for name, scores in result.get("models", {}).items()}
+    for name, columns_ in extra.items():
+        models.setdefault(name, {}).update(columns_)
+    for scores in models.values():
+        values = [v for k, v in scores.items() if k != "average"]
+        scores["average"] = round(sum(values) / len(values), 4) if values else 0.0
+    return {**result, "models": models}
+
+
+def write_table(run) -> dict:
+    """`eval/scoreboard.md` and `.png` from the eval stage's scoreboard and lm-eval's results, whichever exist."""
+    import json
+
+    board, extra = run.output("eval", "scoreboard"), run.output("eval", "lm_eval")
+    result = json.loads(board.read_text()) if board.is_file() else {"models": {}, "n": {}}
+    if extra.is_file():
+        result = merged(result, json.loads(extra.read_text()))
+    run.output("eval", "table").write_text(markdown(result))
+    plot(result, run.output("eval", "plot"))
+    return result
