@@ -135,3 +135,14 @@ def test_a_benchmark_with_no_check_and_no_baseline_gets_no_column() -> None:
     ]
     scores, detail = _scores(rows, seed=0)
     assert scores == {"gsm8k": 0.5, "average": 0.5} and detail == {}
+
+
+def test_the_table_shows_the_papers_numbers_for_the_same_target_and_benchmark() -> None:
+    from fusechat3.evaluation import table
+
+    result = {"models": {"target_before": {"alpaca_eval": 0.3, "gsm8k": 0.8, "average": 0.55}}, "n": {}}
+    md = table.markdown(result, "meta-llama/Llama-3.1-8B-Instruct")
+    assert "- alpaca_eval: 28.3 -> 65.4 (AlpacaEval 2 length-controlled win rate, GPT-4 Turbo judge)" in md
+    assert "arena_hard" not in md  # not a column of this table
+    assert "- the average over its 14 benchmarks (not the columns above): 40.5 -> 47.3" in md
+    assert "FuseChat-3.0 paper" not in table.markdown(result, "toyworld:target")

@@ -13,8 +13,9 @@ def columns(result: dict) -> list[str]:
     return [*names, "average"]
 
 
-def markdown(result: dict) -> str:
-    """The table, deltas against the first model; win-rate benchmarks are marked and explained under it."""
+def markdown(result: dict, target: str | None = None) -> str:
+    """The table, deltas against the first model; win-rate benchmarks are marked and explained under it; with the
+    run's `target` (its Hub id), the paper's numbers for that target under it (`fusechat3.evaluation.paper`)."""
     models = result["models"]
     cols = columns(result)
     judged = sorted({b for per in result.get("win_rates", {}).values() for b in per})
@@ -45,6 +46,10 @@ def markdown(result: dict) -> str:
             "one half; the 95% bootstrap interval and the length-controlled rate are in `scoreboard.json` "
             "(`win_rates`) and printed by `fusechat3 eval`."
         )
+    if target:
+        from fusechat3.evaluation import paper
+
+        notes += paper.notes(target, cols)
     return "\n".join(lines + notes) + "\n"
 
 
@@ -87,6 +92,6 @@ def write_table(run) -> dict:
     result = json.loads(board.read_text()) if board.is_file() else {"models": {}, "n": {}}
     if extra.is_file():
         result = merged(result, json.loads(extra.read_text()))
-    run.output("eval", "table").write_text(markdown(result))
+    run.output("eval", "table").write_text(markdown(result, run.recipe.target.model))
     plot(result, run.output("eval", "plot"))
     return result
