@@ -263,7 +263,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 EVAL = StageDef(
     name="eval",
-    help="held-out accuracy of every model of the run -> eval/scoreboard.json",
+    help="every model of the run on the eval benchmarks (accuracy, or win rate) -> eval/scoreboard.{json,md,png}",
     run=run_eval,
     settings=_settings,
     parts=model_names,  # one part per model: eval/<model>
