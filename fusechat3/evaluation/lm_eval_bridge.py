@@ -11,7 +11,7 @@ stage's benchmarks. lm-eval is the optional extra `lmeval` (`pip install fusecha
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from functools import cache
 from typing import Any
 
 from fusechat3.errors import UserError
@@ -30,6 +30,14 @@ def primary_metric(task_results: dict[str, Any]) -> float | None:
     return None
 
 
+@cache
+def _task_manager(include_path: str | None) -> Any:
+    """The harness's task registry (indexing its YAMLs takes seconds): built once per include path."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path) if include_path else TaskManager()
+
+
 def evaluate(
     model: str,
     tasks: list[str],
@@ -45,10 +53,9 @@ def evaluate(
     """{task: value} of `lm_eval.simple_evaluate` on one model (a folder or a Hub id)."""
     try:
         import lm_eval
-        from lm_eval.tasks import TaskManager
     except ImportError:
         raise UserError("fusechat3 lm-eval needs lm-evaluation-harness: pip install 'fusechat3[lmeval]'") from None
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    manager = _task_manager(include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         hint = f" (with the tasks of {include_path})" if include_path else "; local task YAMLs: --include-path DIR"
@@ -82,6 +89,7 @@ def evaluate(
 
 def run_lm_eval(run, models: list[str] | None, tasks: list[str], **options: Any) -> dict[str, dict[str, float]]:
     """Evaluate the run's models (all, or `models`) and merge the numbers into eval/lm_eval.json and the table."""
+    from fusechat3.evaluation.stage import not_made_yet
     from fusechat3.evaluation.table import write_table
 
     paths = run.models()
@@ -93,7 +101,7 @@ def run_lm_eval(run, models: list[str] | None, tasks: list[str], **options: Any)
     found: dict[str, dict[str, float]] = json.loads(out_path.read_text()) if out_path.is_file() else {}
     for name in names:
         path = paths[name]
-        if name.startswith("target_") and name != "target_before" and not (Path(path) / "config.json").is_file():
+        if not_made_yet(name, path):
             log(f"lm-eval: {name} skipped: no model at {path} (run its stage first)")
             continue
         log(f"lm-eval: {name} on {', '.join(tasks)}")

@@ -45,7 +45,6 @@ def eval_prompt_rows(run: Run) -> list[dict]:
 
 
 def run_eval(run: Run, only: list[str] | None = None) -> dict:
-    from pathlib import Path
 
     from fusechat3.sampling import get_sampler
 
@@ -64,8 +63,7 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
     for name, path in run.models().items():
         if only and name not in only:
             continue
-        made_by_run = name.startswith("target_") and name != "target_before"
-        if made_by_run and not (Path(path) / "config.json").is_file():
+        if not_made_yet(name, path):
             log(f"eval: {name} skipped: no model at {path} (run its stage first)")
             continue
         stage = run.stage(f"{EVAL.name}/{name}")
@@ -98,9 +96,10 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
             stage.write_shard("results", rows)
             scores, detail = _scores(rows, recipe.seed)
             stage.finish({"accuracy": scores, "win_rates": detail, "seconds": round(time.time() - t0, 1)})
-        board[name] = stage.summary()["accuracy"]
-        if stage.summary().get("win_rates"):
-            win_rates[name] = stage.summary()["win_rates"]
+        summary = stage.summary()
+        board[name] = summary["accuracy"]
+        if summary.get("win_rates"):
+            win_rates[name] = summary["win_rates"]
     n = defaultdict(int)
     for p in prompts:
         n[benchmark_of(p)] += 1
@@ -112,7 +111,7 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
         result["normalized"] = normalized
     out = run.output(EVAL.name, "scoreboard")
     out.write_text(json.dumps(result, indent=1))
-    table.write_table(run)  # scoreboard.md / .png, with lm-eval's columns when `fusechat3 lm-eval` wrote some
+    table.write_table(run, result)  # scoreboard.md / .png, with lm-eval's columns when `fusechat3 lm-eval` wrote some
     print_scoreboard(result)
     log(f"scoreboard written to {out} (table: {out.with_suffix('.md').name}, plot: {out.with_suffix('.png').name})")
     return result
@@ -142,6 +141,13 @@ def normalized_performance(recipe, board: dict[str, dict[str, float]]) -> dict[s
     return out
 
 
+def not_made_yet(name: str, path: str) -> bool:
+    """Whether model `name` is one the run's stages make (target_*, not target_before) and its folder is not there."""
+    from pathlib import Path
+
+    return name.startswith("target_") and name != "target_before" and not (Path(path) / "config.json").is_file()
+
+
 def benchmark_of(prompt: dict) -> str:
     """The scoreboard column of a prompt: its builder's `meta["benchmark"]` (gsm8k, alpaca_eval, ...), else its
     domain (the toy world's tasks)."""
@@ -165,7 +171,7 @@ def _scores(rows: list[dict], seed: int) -> tuple[dict[str, float], dict[str, di
     judged benchmarks' win-rate figures (`winrate.win_rate`, with `unjudged`: prompts the judge gave no reward)."""
     by: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        by[r.get("benchmark") or r["domain"]].append(r)
+        by[r["benchmark"]].append(r)
     scores: dict[str, float] = {}
     detail: dict[str, dict] = {}
     for bench, group in sorted(by.items()):

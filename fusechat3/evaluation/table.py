@@ -84,12 +84,14 @@ def merged(result: dict, extra: dict[str, dict[str, float]]) -> dict:
     return {**result, "models": models}
 
 
-def write_table(run) -> dict:
-    """`eval/scoreboard.md` and `.png` from the eval stage's scoreboard and lm-eval's results, whichever exist."""
+def write_table(run, result: dict | None = None) -> dict:
+    """`eval/scoreboard.md` and `.png` from the eval stage's scoreboard (`result`, else read from the run) and
+    lm-eval's results, whichever exist."""
     import json
 
     board, extra = run.output("eval", "scoreboard"), run.output("eval", "lm_eval")
-    result = json.loads(board.read_text()) if board.is_file() else {"models": {}, "n": {}}
+    if result is None:
+        result = json.loads(board.read_text()) if board.is_file() else {"models": {}, "n": {}}
     if extra.is_file():
         result = merged(result, json.loads(extra.read_text()))
     run.output("eval", "table").write_text(markdown(result, run.recipe.target.model))

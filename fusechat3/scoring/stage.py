@@ -86,7 +86,7 @@ def _score_chunk(recipe, rm, chunk: list[dict], prompts: dict[str, dict]) -> lis
                 [chunk_prompts[i] for i in unique],
                 [chunk[i]["text"] for i in unique],
                 **recipe.scoring.checks,
-                batch_size=recipe.scoring.code.batch_size,
+                batch_size=recipe.sandbox_batch_size,
             ),
             strict=True,
         )
