@@ -33,6 +33,7 @@ from fusechat3.config import (
     validate,
 )
 from fusechat3.errors import RecipeError
+from fusechat3.evaluation.llm_judge import LLMJudgeSpec
 from fusechat3.explicit.spec import TARGET_PART, ExplicitSpec
 from fusechat3.merging.spec import MergeSpec
 from fusechat3.sampling.params import GenParams
@@ -165,9 +166,18 @@ class EvalSpec(Section):
     # The reward model that judges win rates against a benchmark's baseline answers (AlpacaEval, Arena-Hard);
     # null: the recipe's scoring.reward_model. Prompts without baseline answers never load it.
     judge: RewardSpec | None = None
+    # An LLM on an OpenAI-compatible server judging the win rates instead of a reward model (each prompt judged in
+    # both orders): {model: <served name>, base_url: ..., api_key_env: ...}. Not with `judge`.
+    llm_judge: LLMJudgeSpec | None = None
     # How models are sampled for evaluation: greedy, one response, by default; keys given here
     # change those defaults (a partial block keeps the others, not the sources' sampling defaults).
     sampling: GenParams = GenParams(**_EVAL_SAMPLING)
+
+    @model_validator(mode="after")
+    def _one_judge(self) -> EvalSpec:
+        if self.judge is not None and self.llm_judge is not None:
+            raise ValueError("set either judge (a reward model) or llm_judge (an LLM on a server), not both")
+        return self
 
     @field_validator("sampling", mode="before")
     @classmethod
@@ -316,9 +326,10 @@ class Recipe(Section):
         return ScoringSpec.model_construct(code=CodeSpec(), math=MathSpec()).checks
 
     @property
-    def eval_judge(self) -> RewardSpec | None:
-        """The reward model judging win rates: `eval.judge`, else `scoring.reward_model` (None without either)."""
-        judge = self.eval.judge if self.eval is not None else None
+    def eval_judge(self) -> RewardSpec | LLMJudgeSpec | None:
+        """What judges win rates: `eval.llm_judge`, else the reward model `eval.judge`, else `scoring.reward_model`
+        (None without any)."""
+        judge = (self.eval.llm_judge or self.eval.judge) if self.eval is not None else None
         return judge or (self.scoring.reward_model if self.scoring is not None else None)
 
     @property

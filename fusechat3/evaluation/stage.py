@@ -20,7 +20,7 @@ from collections import defaultdict
 
 from fusechat3.errors import RecipeError
 from fusechat3.evaluation import table
-from fusechat3.evaluation.winrate import judge, win_rate
+from fusechat3.evaluation.winrate import judge, win_rate_of
 from fusechat3.recipe import as_dict
 from fusechat3.run import Run, log, model_names
 from fusechat3.schema import prompt_meta
@@ -58,7 +58,8 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
     if any("baseline" in prompt_meta(p) for p in prompts) and recipe.eval_judge is None:
         raise RecipeError(
             f"{recipe.path}: eval.prompts have baseline answers (a win-rate benchmark) but there is no judge; "
-            "set eval.judge (a reward model, e.g. {model: RLHFlow/ArmoRM-Llama3-8B-v0.1})"
+            "set eval.judge (a reward model, e.g. {model: RLHFlow/ArmoRM-Llama3-8B-v0.1}) or eval.llm_judge "
+            "(an LLM on an OpenAI-compatible server, e.g. {model: judge, base_url: http://localhost:8000/v1})"
         )
     for name, path in run.models().items():
         if only and name not in only:
@@ -106,6 +107,7 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
     result = {"models": board, "n": dict(n)}
     if win_rates:
         result["win_rates"] = win_rates
+        result["judge"] = judge_name(recipe.eval_judge)
     normalized = normalized_performance(run.recipe, board)
     if normalized:
         result["normalized"] = normalized
@@ -154,16 +156,26 @@ def benchmark_of(prompt: dict) -> str:
     return str(prompt_meta(prompt).get("benchmark") or prompt["domain"])
 
 
+def judge_name(spec) -> str:
+    """The judge in words, for the scoreboard: "reward model <model>" or "LLM <model> at <base_url>"."""
+    from fusechat3.evaluation.llm_judge import LLMJudgeSpec
+
+    if isinstance(spec, LLMJudgeSpec):
+        return f"LLM {spec.model} at {spec.base_url}"
+    return f"reward model {spec.model}"
+
+
 def _judge_rows(recipe, prompts: list[dict], texts: list[str], rows: list[dict]) -> None:
-    """Add the judge's rewards to the rows of prompts with a baseline answer (`reward`, `baseline_reward`)."""
+    """Add the judge's verdict to the rows of prompts with a baseline answer (`outcome`, and the reward model's
+    `reward` and `baseline_reward` or the LLM judge's `verdicts`)."""
     judged = [i for i, p in enumerate(prompts) if "baseline" in prompt_meta(p)]
     if not judged:
         return
-    rewards = judge(recipe.eval_judge, [prompts[i] for i in judged], [texts[i] for i in judged])
-    for i, (mine, theirs) in zip(judged, rewards, strict=True):
-        rows[i]["reward"], rows[i]["baseline_reward"] = mine, theirs
+    verdicts = judge(recipe.eval_judge, [prompts[i] for i in judged], [texts[i] for i in judged])
+    for i, found in zip(judged, verdicts, strict=True):
+        rows[i].update(found)
         rows[i]["baseline_length"] = len(prompt_meta(prompts[i])["baseline"])
-        rows[i]["correct"] = mine is not None and theirs is not None and mine > theirs
+        rows[i]["correct"] = found["outcome"] is not None and found["outcome"] > 0.5
 
 
 def _scores(rows: list[dict], seed: int) -> tuple[dict[str, float], dict[str, dict]]:
@@ -175,18 +187,17 @@ def _scores(rows: list[dict], seed: int) -> tuple[dict[str, float], dict[str, di
     scores: dict[str, float] = {}
     detail: dict[str, dict] = {}
     for bench, group in sorted(by.items()):
-        if "baseline_reward" not in group[0]:
+        if "outcome" not in group[0]:
             if all(r["verdict"] == "unchecked" for r in group):
                 continue  # no check and no baseline (e.g. arena_hard without its baseline file): no score
             scores[bench] = round(sum(r["correct"] for r in group) / len(group), 4)
             continue
-        ok = [r for r in group if r["reward"] is not None and r["baseline_reward"] is not None]
+        ok = [r for r in group if r["outcome"] is not None]
         if not ok:
             detail[bench] = {"n": 0, "unjudged": len(group)}
             continue
-        figures = win_rate(
-            [r["reward"] for r in ok],
-            [r["baseline_reward"] for r in ok],
+        figures = win_rate_of(
+            [r["outcome"] for r in ok],
             [len(r["text"]) for r in ok],
             [r["baseline_length"] for r in ok],
             seed=seed,
@@ -222,7 +233,10 @@ def print_scoreboard(result: dict) -> None:
             norm.add_row(name, *("-" if ratio.get(d) is None else f"{ratio[d]:.2f}" for d in [*domains, "average"]))
         Console().print(norm)
     if result.get("win_rates"):
-        wins = Table(title="win rates: judged by the reward model, ties one half (%)", title_justify="left")
+        title = (
+            f"win rates against the baseline answers, judged by {result.get('judge', 'the judge')}, ties one half (%)"
+        )
+        wins = Table(title=title, title_justify="left")
         for column in ("model", "benchmark", "win rate", "95% CI", "length-controlled", "W/T/L", "unjudged"):
             wins.add_column(column, justify="left" if column in ("model", "benchmark") else "right")
         for name, per in result["win_rates"].items():
@@ -253,8 +267,11 @@ def _how_sampled(run: Run, name: str) -> tuple[str, dict, str | None]:
 
 
 def _settings(run: Run, part: str | None) -> dict:
+    settings = as_dict(run.recipe.eval)
+    if settings.get("llm_judge") is None:  # absent: a run evaluated before the key existed keeps its stage keys
+        settings.pop("llm_judge", None)
     return {
-        "eval": as_dict(run.recipe.eval),
+        "eval": settings,
         "model": run.model_key(part),
         "sampler": _how_sampled(run, part),
         "checks": run.recipe.checks,

@@ -64,7 +64,22 @@ def win_rate(
     bootstrap: int = BOOTSTRAP,
 ) -> dict[str, float | int]:
     """The win rate of a model against a baseline over the same prompts (see the module docstring), in percent."""
-    outcome = outcomes(model_rewards, baseline_rewards)
+    return win_rate_of(
+        outcomes(model_rewards, baseline_rewards), model_lengths, baseline_lengths, seed=seed, bootstrap=bootstrap
+    )
+
+
+def win_rate_of(
+    outcome: list[float] | np.ndarray,
+    model_lengths: list[int],
+    baseline_lengths: list[int],
+    *,
+    seed: int = 0,
+    bootstrap: int = BOOTSTRAP,
+) -> dict[str, float | int]:
+    """`win_rate` from the per-prompt outcomes in [0, 1] (a reward model's 1 / 0.5 / 0, or an LLM judge's mean of
+    its two verdicts, `llm_judge`); wins, ties and losses count outcomes above, at and below one half."""
+    outcome = np.asarray(outcome, dtype=float)
     n = int(outcome.size)
     if n == 0:
         raise ValueError("no prompts to compare")
@@ -77,17 +92,21 @@ def win_rate(
         "ci_high": round(100 * float(np.percentile(means, 97.5)), 2),
         "lc_win_rate": round(100 * length_controlled(outcome, diff), 2),
         "n": n,
-        "wins": int((outcome == 1.0).sum()),
+        "wins": int((outcome > 0.5).sum()),
         "ties": int((outcome == 0.5).sum()),
-        "losses": int((outcome == 0.0).sum()),
+        "losses": int((outcome < 0.5).sum()),
     }
 
 
-def judge(spec, prompts: list[dict], texts: list[str]) -> list[tuple[float | None, float | None]]:
-    """(reward of the answer, reward of the prompt's baseline answer) per prompt, from the reward model of
-    `spec` (a `RewardSpec`); None where the judge gives no reward (a conversation over its max_length)."""
+def judge(spec, prompts: list[dict], texts: list[str]) -> list[dict]:
+    """Per prompt, the answer against the prompt's baseline answer: {"outcome": 1 / 0.5 / 0 or None, "reward",
+    "baseline_reward"} from the reward model of `spec` (a `RewardSpec`; None where it gives no reward: a
+    conversation over its max_length), or {"outcome", "verdicts"} from an LLM judge (an `LLMJudgeSpec`)."""
+    from fusechat3.evaluation.llm_judge import LLMJudgeSpec, judge_pairs
     from fusechat3.schema import assistant, prompt_meta
 
+    if isinstance(spec, LLMJudgeSpec):
+        return judge_pairs(spec, prompts, texts)
     conversations = []
     for p, text in zip(prompts, texts, strict=True):
         baseline = prompt_meta(p)["baseline"]
@@ -97,4 +116,14 @@ def judge(spec, prompts: list[dict], texts: list[str]) -> list[tuple[float | Non
         rewards = [reward for reward, _ in rm.score(conversations)]
     finally:
         rm.close()
-    return list(zip(rewards[0::2], rewards[1::2], strict=True))
+    out = []
+    for mine, theirs in zip(rewards[0::2], rewards[1::2], strict=True):
+        known = mine is not None and theirs is not None
+        out.append(
+            {
+                "outcome": float(outcomes([mine], [theirs])[0]) if known else None,
+                "reward": mine,
+                "baseline_reward": theirs,
+            }
+        )
+    return out
