@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fusechat3.building.spec import BuildingSpec
 from fusechat3.config import (
@@ -172,6 +180,30 @@ class EvalSpec(Section):
     # How models are sampled for evaluation: greedy, one response, by default; keys given here
     # change those defaults (a partial block keeps the others, not the sources' sampling defaults).
     sampling: GenParams = GenParams(**_EVAL_SAMPLING)
+    # Keys that change `sampling` for one benchmark (a scoreboard column: gsm8k, alpaca_eval, ...), e.g.
+    # {alpaca_eval: {temperature: 0.6, max_tokens: 4096}}.
+    sampling_per_benchmark: dict[str, dict[str, Any]] = {}
+    # FuseEval's settings for a target family under sampling_per_benchmark (fusechat3.evaluation.presets).
+    preset: Literal["fuseeval-llama3", "fuseeval-qwen2.5", "fuseeval-gemma2"] | None = None
+
+    def params_for(self, benchmark: str) -> GenParams:
+        """How a benchmark's prompts are sampled: `sampling`, then the preset's keys, then sampling_per_benchmark's."""
+        from fusechat3.evaluation.presets import PRESETS
+
+        preset = PRESETS[self.preset].get(benchmark, {}) if self.preset else {}
+        keys = {**self.sampling.model_dump(), **preset, **self.sampling_per_benchmark.get(benchmark, {})}
+        return GenParams(**keys)
+
+    @model_validator(mode="after")
+    def _benchmark_sampling_is_valid(self) -> EvalSpec:
+        for bench, keys in self.sampling_per_benchmark.items():
+            try:
+                GenParams(**{**self.sampling.model_dump(), **keys})
+            except ValidationError as err:
+                problem = err.errors()[0]
+                where = ".".join(str(x) for x in problem["loc"])
+                raise ValueError(f"sampling_per_benchmark.{bench}.{where}: {problem['msg']}") from None
+        return self
 
     @model_validator(mode="after")
     def _one_judge(self) -> EvalSpec:

@@ -250,3 +250,20 @@ def test_vllm_engines_in_sequence_and_seeding(vllm_run, tiny_model: str) -> None
         assert reseeded != first
     finally:
         second.close()
+
+
+def test_presence_and_frequency_penalties(hf_sampler) -> None:
+    """vLLM gets them; transformers has neither, so the hf backend says so in one line; left at 0 they are not in
+    the settings' dump, so adding them changed no existing run's stage keys."""
+    from fusechat3.errors import RecipeError
+    from fusechat3.sampling.vllm import _sampling_params
+
+    assert "presence_penalty" not in GenParams().model_dump() and "frequency_penalty" not in GenParams().model_dump()
+    params = GenParams(n=1, presence_penalty=0.1, frequency_penalty=-0.5)
+    assert params.model_dump()["presence_penalty"] == 0.1 and params.model_dump()["frequency_penalty"] == -0.5
+    vllm_params = _sampling_params(params, seed=3)
+    assert (vllm_params.presence_penalty, vllm_params.frequency_penalty) == (0.1, -0.5)
+    with pytest.raises(RecipeError, match=r"transformers has no presence_penalty or frequency_penalty"):
+        hf_sampler.generate(CONVERSATIONS[:1], params)
+    with pytest.raises(ValueError, match=r"presence_penalty\n.*must be in \[-2, 2\], got 3"):
+        GenParams(presence_penalty=3.0)

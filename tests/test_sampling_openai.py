@@ -346,3 +346,17 @@ def test_closed_sampler_and_bad_conversation(scripted):
     sampler.close()
     with pytest.raises(RuntimeError, match="was closed"):
         sampler.generate([[{"role": "user", "content": "a"}]], GenParams())
+
+
+def test_penalties_are_sent_only_when_set(scripted) -> None:
+    server = scripted()
+    sampler = get_sampler("openai", "fake", base_url=server.url)
+    try:
+        conversation = [{"role": "user", "content": "hi"}]
+        sampler.generate([conversation], GenParams(n=1, temperature=0.0, max_tokens=8))
+        sampler.generate([conversation], GenParams(n=1, temperature=0.0, max_tokens=8, presence_penalty=0.1))
+    finally:
+        sampler.close()
+    plain, penalised = (r["body"] for r in server.requests)
+    assert "presence_penalty" not in plain and "frequency_penalty" not in plain
+    assert penalised["presence_penalty"] == 0.1 and "frequency_penalty" not in penalised

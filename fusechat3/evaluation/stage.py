@@ -23,6 +23,7 @@ from fusechat3.evaluation import table
 from fusechat3.evaluation.winrate import judge, win_rate_of
 from fusechat3.recipe import as_dict
 from fusechat3.run import Run, log, model_names
+from fusechat3.sampling.params import GenParams
 from fusechat3.schema import prompt_meta
 from fusechat3.scoring.verify import verify_many
 from fusechat3.stages import StageDef, require_enabled
@@ -51,8 +52,6 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
     recipe = run.recipe
     require_enabled(run, EVAL)
     prompts = eval_prompt_rows(run)
-    sp = recipe.eval.sampling
-    params = sp.with_n(1)
     board: dict[str, dict[str, float]] = {}
     win_rates: dict[str, dict[str, dict]] = {}
     if any("baseline" in prompt_meta(p) for p in prompts) and recipe.eval_judge is None:
@@ -75,7 +74,7 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
             backend, engine, template = _how_sampled(run, name)
             sampler = get_sampler(backend, path, chat_template=template, **engine)
             try:
-                outs = sampler.generate([p["messages"] for p in prompts], params)
+                outs = _generate(sampler, recipe.eval, prompts)
             finally:
                 sampler.close()
             texts = [o[0].text if o[0].finish_reason == "stop" else "" for o in outs]
@@ -117,6 +116,20 @@ def run_eval(run: Run, only: list[str] | None = None) -> dict:
     print_scoreboard(result)
     log(f"scoreboard written to {out} (table: {out.with_suffix('.md').name}, plot: {out.with_suffix('.png').name})")
     return result
+
+
+def _generate(sampler, spec, prompts: list[dict]) -> list:
+    """One response per prompt, each benchmark sampled with its own settings (`EvalSpec.params_for`); prompts whose
+    settings are the same go to the sampler in one call (a toy run: all of them)."""
+    groups: dict[str, tuple[GenParams, list[int]]] = {}
+    for i, p in enumerate(prompts):
+        params = spec.params_for(benchmark_of(p)).with_n(1)
+        groups.setdefault(params.model_dump_json(), (params, []))[1].append(i)
+    outs: list = [None] * len(prompts)
+    for params, idx in groups.values():
+        for i, out in zip(idx, sampler.generate([prompts[i]["messages"] for i in idx], params), strict=True):
+            outs[i] = out
+    return outs
 
 
 def normalized_performance(recipe, board: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
@@ -268,8 +281,9 @@ def _how_sampled(run: Run, name: str) -> tuple[str, dict, str | None]:
 
 def _settings(run: Run, part: str | None) -> dict:
     settings = as_dict(run.recipe.eval)
-    if settings.get("llm_judge") is None:  # absent: a run evaluated before the key existed keeps its stage keys
-        settings.pop("llm_judge", None)
+    for name in ("llm_judge", "preset", "sampling_per_benchmark"):
+        if not settings.get(name):  # unset: a run evaluated before these keys existed keeps its stage keys
+            settings.pop(name, None)
     return {
         "eval": settings,
         "model": run.model_key(part),

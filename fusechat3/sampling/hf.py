@@ -102,6 +102,12 @@ class HFSampler:
 
         if self.model is None:
             raise RuntimeError(f"hf sampler for {self.model_name} was closed; create a new one with get_sampler")
+        unsupported = [name for name in ("presence_penalty", "frequency_penalty") if getattr(params, name)]
+        if unsupported:
+            raise RecipeError(
+                f"hf sampler ({self.model_name}): transformers has no {' or '.join(unsupported)}; set it to 0 or "
+                "sample with the vllm or openai backend"
+            )
         plan = plan_requests(self, conversations, params, seeds, progress)
         fit, prompt_ids, seeds, results = plan.fit, plan.prompt_ids, plan.seeds, plan.results
         torch.manual_seed(derive_seed(*seeds))

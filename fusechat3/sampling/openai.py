@@ -279,6 +279,9 @@ class OpenAISampler:
         if self.chat_template is not None:
             extra["chat_template"] = self.chat_template
         optional: dict[str, Any] = {"stop": params.stop} if params.stop else {}  # some providers refuse null
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(params, name):
+                optional[name] = getattr(params, name)
         try:
             raw = self.client.chat.completions.with_raw_response.create(
                 model=self.model,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer
 
 from fusechat3.config import Section, in_range
+
+_ADDED_LATER = ("presence_penalty", "frequency_penalty")
 
 
 class GenParams(Section):
@@ -25,9 +27,23 @@ class GenParams(Section):
     top_p: Annotated[float, in_range(0, 1, open_low=True)] = 0.95  # nucleus sampling mass
     top_k: int = Field(-1, ge=-1)  # keep the k most likely tokens; -1 (or 0) turns it off
     repetition_penalty: float = Field(1.0, gt=0.0)  # > 1 discourages repeats (the paper uses 1.05 for Qwen)
+    # OpenAI's additive penalties on tokens already generated (once / per occurrence); vLLM and the openai backend
+    # apply them, transformers (the hf backend) has neither.
+    presence_penalty: Annotated[float, in_range(-2, 2)] = 0.0
+    frequency_penalty: Annotated[float, in_range(-2, 2)] = 0.0
     max_tokens: int = Field(2048, ge=1)  # longest response, in tokens
     seed: int = 0  # base seed: each prompt is sampled with a seed derived from it and its prompt_id
     stop: list[str] = []  # extra stop strings besides the chat template's end token
+
+    @model_serializer(mode="wrap")
+    def _without_unset_penalties(self, handler) -> dict:
+        # The penalties came after runs were made: left at 0 they stay out of the dump, so the stage keys (made from
+        # it) of every existing run are unchanged and nothing is sampled again.
+        out = handler(self)
+        for name in _ADDED_LATER:
+            if out.get(name) == 0.0:
+                out.pop(name)
+        return out
 
     @field_validator("stop")
     @classmethod

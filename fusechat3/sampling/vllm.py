@@ -50,6 +50,8 @@ def _sampling_params(params: GenParams, seed: int) -> Any:
         top_p=1.0 if params.greedy else params.top_p,
         top_k=0 if params.greedy or params.top_k <= 0 else params.top_k,
         repetition_penalty=params.repetition_penalty,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
         max_tokens=params.max_tokens,
         stop=params.stop or None,
     )
