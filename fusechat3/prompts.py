@@ -72,4 +72,6 @@ PROMPTS = StageDef(
     run=run_prompts,
     settings=_settings,
     outputs={"rows": "prompts.parquet", "summary": "summary.json"},
+    enabled=lambda recipe: bool(recipe.prompts),
+    disabled_reason="the recipe has no prompts (an evaluation-only recipe)",
 )

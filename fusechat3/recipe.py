@@ -222,8 +222,10 @@ class Recipe(Section):
     fusion (`explicit:`, `fuse_train:`: FuseLLM, FuseChat-1.0/2.0) or both, then evaluation."""
 
     name: Annotated[str, _simple_name("folder name")]  # run name; the run directory defaults to runs/<name>
-    prompts: list[BuilderSpec] = Field(min_length=1)  # prompt builders whose rows are concatenated
-    sources: list[SourceSpec]  # source LLMs (at least one with role: source; names unique)
+    # Prompt builders whose rows are concatenated, and the source LLMs (at least one with role: source; names
+    # unique). Both may be left out of an evaluation-only recipe (no scoring:, no explicit:, an eval: section).
+    prompts: list[BuilderSpec] = []
+    sources: list[SourceSpec] = []
     # Reward model and correctness checks: the implicit path (sample, score, build, sft, dpo, wrpo, controls)
     # runs when this section is there.
     scoring: ScoringSpec | None = None
@@ -255,7 +257,7 @@ class Recipe(Section):
     @classmethod
     def _sources(cls, sources: list[SourceSpec]) -> list[SourceSpec]:
         if not sources:
-            raise ValueError("must list at least one source")
+            return sources  # an evaluation-only recipe; a fusion recipe without sources is `_something_to_do`'s
         names: list[str] = []
         for i, src in enumerate(sources):
             if src.name in names:
@@ -282,9 +284,16 @@ class Recipe(Section):
     def _names_refer_to_sources(self) -> Recipe:
         fused = [s.name for s in self.fusion_sources]
         if self.scoring is None and self.explicit is None:
-            raise KeyProblem(
-                "scoring", "is missing: give scoring: (implicit fusion), explicit: (explicit fusion), or both"
-            )
+            if self.eval is None:
+                raise KeyProblem(
+                    "scoring",
+                    "is missing: give scoring: (implicit fusion), explicit: (explicit fusion), or both; or only "
+                    "eval: (evaluation of target and eval.models)",
+                )
+        else:
+            for key in ("prompts", "sources"):
+                if not getattr(self, key):
+                    raise KeyProblem(key, f"is empty: a fusion recipe needs at least one entry in {key}")
         if self.explicit is not None:
             for i, name in enumerate(self.explicit.sources or []):
                 if name not in fused:

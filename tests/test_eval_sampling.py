@@ -81,3 +81,28 @@ def test_unset_new_eval_keys_leave_the_stage_key_alone(tmp_path: Path) -> None:
         Run(load_recipe(RECIPE, [f"run_dir={tmp_path}", "eval.preset=fuseeval-llama3"])), "target_before"
     )
     assert preset["eval"]["preset"] == "fuseeval-llama3"
+
+
+def test_an_evaluation_only_recipe(tmp_path: Path) -> None:
+    """No prompts, sources, scoring or explicit: `fusechat3 run` runs the eval stage alone, on target_before and the
+    models of eval.models; a fusion recipe still needs its prompts and sources."""
+    from fusechat3.errors import RecipeError
+    from fusechat3.stages import run_all
+
+    recipe = load_recipe(
+        ROOT / "recipes" / "eval" / "toyworld.yaml",
+        [
+            f"run_dir={tmp_path}",
+            "eval.prompts=[{builder: toyworld, args: {split: eval, per_domain: 3}}]",
+            "eval.models={chat: 'toyworld:gpt2-chat'}",
+        ],
+    )
+    run_all(Run(recipe))
+    board = json.loads((tmp_path / "eval" / "scoreboard.json").read_text())
+    assert list(board["models"]) == ["target_before", "chat"] and board["n"] == {d: 3 for d in board["n"]}
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["eval"]  # no other stage ran
+    assert (tmp_path / "eval" / "scoreboard.md").read_text().startswith("| model |")
+    with pytest.raises(RecipeError, match=r"key 'sources' is empty: a fusion recipe needs at least one entry"):
+        load_recipe(RECIPE, ["sources=[]"])
+    with pytest.raises(RecipeError, match=r"or only eval:"):
+        load_recipe(ROOT / "recipes" / "eval" / "toyworld.yaml", ["eval=null"])

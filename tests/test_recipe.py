@@ -136,7 +136,8 @@ def test_missing_required_keys(tmp_path):
     assert error_of(path) == f"{path}: missing required key 'sources[1].model'"
     path = write(tmp_path, MINIMAL.split("scoring:")[0] + "target: {model: t}\n")
     assert error_of(path) == (
-        f"{path}: key 'scoring' is missing: give scoring: (implicit fusion), explicit: (explicit fusion), or both"
+        f"{path}: key 'scoring' is missing: give scoring: (implicit fusion), explicit: (explicit fusion), or both; "
+        "or only eval: (evaluation of target and eval.models)"
     )
 
 
@@ -276,7 +277,7 @@ def test_empty_sources_are_rejected():
     }
     with pytest.raises(RecipeError) as info:
         parse_recipe(raw, "r.yaml")
-    assert str(info.value) == "r.yaml: key 'sources' must list at least one source"
+    assert str(info.value) == "r.yaml: key 'sources' is empty: a fusion recipe needs at least one entry in sources"
 
 
 def test_source_lookup_suggests_a_name(tmp_path):

@@ -22,7 +22,7 @@ def kind_of(path: Path, raw: object) -> str:
         return "accelerate"
     if not isinstance(raw, dict):
         return ""
-    if "sources" in raw:
+    if "sources" in raw or ("eval" in raw and "target" in raw):  # a fusion recipe, or an evaluation-only one
         return "run"
     if "model" in raw and sum(section in raw for section in TRAINING_SECTIONS) == 1:
         return "training"
@@ -41,7 +41,7 @@ def test_recipe_file_loads(path, tmp_path):
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     kind = kind_of(path, raw)
     assert kind, (
-        f"{path.relative_to(RECIPES)}: unknown kind of YAML (a run recipe has `sources:`; a training config "
+        f"{path.relative_to(RECIPES)}: unknown kind of YAML (a run recipe has `sources:`, or `target:` and `eval:`; a training config "
         f"`model:` and one of {', '.join(TRAINING_SECTIONS)}; a merge config `merge_method:` or `preset:`; an accelerate config lives in recipes/accelerate/)"
     )
     checks = {"run": _check_run_recipe, "training": _check_training_config, "accelerate": _check_accelerate_config}
