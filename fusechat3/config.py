@@ -25,10 +25,10 @@ import re
 import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, ClassVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_serializer
 
 from fusechat3.errors import RecipeError
 
@@ -37,6 +37,17 @@ class Section(BaseModel):
     """A settings section: unknown keys are errors, values are not coerced across types."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+    # Keys added after runs were made with this section: at their default they stay out of its dump, so the stage
+    # keys made from the dump (`fusechat3.run`) do not change and no existing run does a stage again.
+    added_later: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_unset_later_keys(self, handler: Any) -> Any:
+        out = handler(self)
+        for name in self.added_later:
+            if name in out and getattr(self, name) == type(self).model_fields[name].default:
+                del out[name]
+        return out
 
 
 def in_range(lo: float, hi: float, *, open_low: bool = False) -> AfterValidator:

@@ -167,6 +167,8 @@ _EVAL_SAMPLING = {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 512}
 class EvalSpec(Section):
     """Held-out evaluation of the trained models."""
 
+    added_later = ("llm_judge", "sampling_per_benchmark", "preset")
+
     prompts: list[BuilderSpec] = Field(min_length=1)  # evaluation prompt builders
     # More models to evaluate beside the run's own, by scoreboard name: a model folder (trained outside the run, e.g.
     # by `accelerate launch`) or a Hub id (a released fused model), sampled with `sampler`.

@@ -280,12 +280,8 @@ def _how_sampled(run: Run, name: str) -> tuple[str, dict, str | None]:
 
 
 def _settings(run: Run, part: str | None) -> dict:
-    settings = as_dict(run.recipe.eval)
-    for name in ("llm_judge", "preset", "sampling_per_benchmark"):
-        if not settings.get(name):  # unset: a run evaluated before these keys existed keeps its stage keys
-            settings.pop(name, None)
     return {
-        "eval": settings,
+        "eval": as_dict(run.recipe.eval),
         "model": run.model_key(part),
         "sampler": _how_sampled(run, part),
         "checks": run.recipe.checks,

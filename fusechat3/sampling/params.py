@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_serializer
+from pydantic import Field, field_validator
 
 from fusechat3.config import Section, in_range
-
-_ADDED_LATER = ("presence_penalty", "frequency_penalty")
 
 
 class GenParams(Section):
     """How one model is sampled (vLLM SamplingParams fields)."""
+
+    added_later = ("presence_penalty", "frequency_penalty")
 
     n: int = Field(5, ge=1)  # responses per prompt
     # Override n by domain (paper: 8 for code, 1 for zh).
@@ -34,16 +34,6 @@ class GenParams(Section):
     max_tokens: int = Field(2048, ge=1)  # longest response, in tokens
     seed: int = 0  # base seed: each prompt is sampled with a seed derived from it and its prompt_id
     stop: list[str] = []  # extra stop strings besides the chat template's end token
-
-    @model_serializer(mode="wrap")
-    def _without_unset_penalties(self, handler) -> dict:
-        # The penalties came after runs were made: left at 0 they stay out of the dump, so the stage keys (made from
-        # it) of every existing run are unchanged and nothing is sampled again.
-        out = handler(self)
-        for name in _ADDED_LATER:
-            if out.get(name) == 0.0:
-                out.pop(name)
-        return out
 
     @field_validator("stop")
     @classmethod
