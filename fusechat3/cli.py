@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import sys
 
 from fusechat3 import stages
 from fusechat3.errors import UserError
+from fusechat3.logs import setup as setup_logging
+from fusechat3.logs import stage_log
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -178,7 +179,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             "none (no scoring: section); its results are in the run's eval/scoreboard.json"
         )
     if stage is not None:
-        stage.run(run, **{name: getattr(args, name) for name in getattr(args, "stage_options", [])})
+        with stage_log(run.dir.root / stage.name):
+            stage.run(run, **{name: getattr(args, name) for name in getattr(args, "stage_options", [])})
     elif args.command == "run":
         stages.run_all(run, args.start, args.stop)
     elif args.command == "report":
@@ -199,9 +201,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         code = _dispatch(args)

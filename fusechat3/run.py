@@ -10,6 +10,7 @@ stage is a no-op.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from fusechat3 import stages
 from fusechat3.errors import StoreError
+from fusechat3.logs import EVENTS
 from fusechat3.recipe import Recipe, recipe_hash, resolve_model
 from fusechat3.store import RunDir, Stage
 
@@ -143,6 +145,8 @@ def print_summary(title: str, rows: list[tuple[str, object]], seconds: float | N
 
 
 def log(msg: str) -> None:
+    """A stage message: on the console (rich), and in the stage's log file while one is open (`logs.stage_log`)."""
     from rich.console import Console
 
     Console(stderr=True).print(f"[bold cyan]fusechat3[/] {msg}", highlight=False)
+    logging.getLogger(EVENTS).info(msg)

@@ -129,6 +129,7 @@ def get(name: str) -> StageDef:
 
 def run_all(run: Run, start: str | None = None, stop: str | None = None) -> None:
     """Run the stages from `start` to `stop` (names; None: the first, the last) in order."""
+    from fusechat3.logs import stage_log
     from fusechat3.run import log
 
     order = names()
@@ -144,7 +145,8 @@ def run_all(run: Run, start: str | None = None, stop: str | None = None) -> None
             log(f"stage {stage.name}: skipped ({stage.disabled_reason or 'off in this recipe'})")
             continue
         log(f"stage {stage.name}")
-        stage.run(run)
+        with stage_log(run.dir.root / stage.name):
+            stage.run(run)
     log(f"run {run.recipe.name}: stages {order[lo]}..{order[hi - 1]} done in {time.time() - t0:.0f}s -> {run.dir.root}")
 
 

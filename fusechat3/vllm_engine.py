@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import inspect
+import logging
 import os
 from typing import Any
 
@@ -34,6 +35,10 @@ def set_engine_env() -> bool:
     # vLLM's INFO lines (full engine config, per engine) drown the stage output; its
     # progress bar stays. VLLM_LOGGING_LEVEL=INFO brings them back.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM's records go to the root logger's handlers (the console, a stage's log file, the noise filter of
+    # `fusechat3.logs`) instead of a handler of its own; VLLM_CONFIGURE_LOGGING=1 gives vLLM its own again.
+    if os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0") == "0":
+        logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
     if torch.cuda.is_available():
         return False
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache
@@ -73,6 +78,10 @@ def open_llm(
     if runner is not None:
         kwargs["runner"] = runner
     from vllm import LLM
+
+    from fusechat3.logs import quiet_third_party
+
+    quiet_third_party()  # the handlers torch and vLLM installed on import
 
     return LLM(model=model, **kwargs)
 

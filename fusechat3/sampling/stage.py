@@ -56,8 +56,7 @@ def _check_prompts(run: Run, rows: list[dict]) -> None:
 
 
 def _sample_source(run: Run, spec: SourceSpec, prompts: list[dict], shard: tuple[int, int] | None) -> None:
-    from tqdm.auto import tqdm
-
+    from fusechat3.logs import progress
     from fusechat3.sampling import get_sampler
     from fusechat3.sampling.base import sampling_key
 
@@ -83,7 +82,7 @@ def _sample_source(run: Run, spec: SourceSpec, prompts: list[dict], shard: tuple
         sampler = get_sampler(backend, resolve_model(spec.model), chat_template=recipe.chat_template(spec), **engine)
         tokens = 0
         t0 = time.time()
-        bar = tqdm(total=total, desc=f"sample/{name}", unit="prompt", dynamic_ncols=True)
+        bar = progress(total, f"sample/{name}", "prompt")
         try:
             for k, lo, hi in todo:
                 t_shard = time.time()

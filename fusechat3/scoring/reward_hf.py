@@ -67,11 +67,11 @@ class TransformersRewardModel(RewardModel):
         return self.model.config
 
     def _values(self, sequences: list[list[int]]) -> list[float]:
-        from tqdm.auto import tqdm
+        from fusechat3.logs import progress
 
         values: list[float] = [math.nan] * len(sequences)
         batches = token_budget_batches([len(s) for s in sequences], self.batch_size, self.max_tokens_per_batch)
-        with tqdm(total=len(sequences), desc=f"reward {self.name}", unit="sample") as bar:
+        with progress(len(sequences), f"reward {self.name}", "sample", nested=True) as bar:
             for batch in batches:
                 for k, value in zip(batch, self._forward([sequences[k] for k in batch]), strict=True):
                     values[k] = value

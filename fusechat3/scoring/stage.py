@@ -27,7 +27,7 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 def run_score(run: Run) -> None:
-    from tqdm.auto import tqdm
+    from fusechat3.logs import progress
 
     recipe = run.recipe
     stage = run.stage(SCORE.name)
@@ -43,7 +43,7 @@ def run_score(run: Run) -> None:
     if todo:
         log(f"score: {len(todo)} of {-(-len(samples) // size)} shards to do ({len(samples)} responses)")
         rm = recipe.scoring.reward_model.load()
-    bar = tqdm(total=sum(len(samples[k : k + size]) for k in todo), desc="score", unit="response", disable=not todo)
+    bar = progress(sum(len(samples[k : k + size]) for k in todo), "score", "response", disable=not todo)
     try:
         for k in todo:
             chunk = samples[k : k + size]

@@ -81,8 +81,12 @@ def build_trl_config(config_cls: type, args: dict, output_dir: str, where: str) 
     """The TRL config from `args` and the machine's defaults; one RecipeError line naming `where` if bad."""
     import torch
 
+    from fusechat3.logs import is_terminal
+
     check_trl_args(args, config_cls, where)
     full = device_defaults(args, torch.cuda.is_available())
+    if not is_terminal():  # a log file: the trainer's loss lines (logging_steps) and no bar redrawn per step
+        full.setdefault("disable_tqdm", True)
     try:
         config = config_cls(output_dir=str(output_dir), **full)
     except (TypeError, ValueError) as e:
