@@ -50,6 +50,21 @@ class Section(BaseModel):
         return out
 
 
+# A run's name becomes a folder (runs/<name>), a source's name a sub-folder: plain names only.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def simple_name(what: str) -> AfterValidator:
+    """A name that becomes a folder of the run directory: letters, digits, '_', '.', '-'."""
+
+    def check(value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError(f"must be a simple {what} (letters, digits, '_', '.', '-'), got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
 def in_range(lo: float, hi: float, *, open_low: bool = False) -> AfterValidator:
     """A number field's check that it lies in [lo, hi] ((lo, hi] with `open_low`), for `Annotated[float, ...]`;
     the message states the interval: `must be in (0, 1], got 0.0`."""

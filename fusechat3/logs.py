@@ -44,6 +44,7 @@ NOISE: tuple[tuple[str, str], ...] = (
     ("vllm", r"Enforce eager set, disabling torch\.compile"),
     ("vllm", r"Inductor compilation was disabled by user settings"),
     ("torch", r"Triton not available"),
+    ("ray.data", r"Progress bars disabled\. To enable"),  # the stage turns them off: it reports each shard itself
 )
 _NOISY_WARNINGS = (r".*torch\.distributed\.reduce_op.* is deprecated",)
 
@@ -66,12 +67,12 @@ _quiet = False  # set by `setup` unless --verbose
 
 
 def quiet_third_party() -> None:
-    """After `setup` (not --verbose): attach the noise filter to the handlers of the root, vllm and torch loggers
+    """After `setup` (not --verbose): attach the noise filter to the handlers of the root, vllm, torch and ray loggers
     (a library may install its own handler when imported: call this again after importing it; attaching twice is
     a no-op)."""
     if not _quiet:
         return
-    for name in (None, "vllm", "torch"):
+    for name in (None, "vllm", "torch", "ray"):
         for handler in logging.getLogger(name).handlers:
             if _FILTER not in handler.filters:
                 handler.addFilter(_FILTER)

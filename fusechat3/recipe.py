@@ -12,17 +12,14 @@ Only pydantic and pyyaml are imported: the CLI loads recipes before any heavy li
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     Field,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -33,18 +30,21 @@ from fusechat3.config import (
     Section,
     apply_overrides,
     did_you_mean,
-    in_range,
     model_ref,
     parse_yaml,
     read_yaml,
     show,
+    simple_name,
     validate,
 )
 from fusechat3.errors import RecipeError
 from fusechat3.evaluation.llm_judge import LLMJudgeSpec
+from fusechat3.evaluation.spec import EvalSpec
 from fusechat3.explicit.spec import TARGET_PART, ExplicitSpec
 from fusechat3.merging.spec import MergeSpec
+from fusechat3.prompt_spec import BuilderSpec, DecontaminationSpec
 from fusechat3.sampling.params import GenParams
+from fusechat3.sampling.ray_exec import RaySpec
 from fusechat3.schema import stable_hash
 from fusechat3.scoring.spec import CodeSpec, MathSpec, RewardSpec, ScoringSpec
 from fusechat3.training.config import TrainSection
@@ -55,53 +55,11 @@ __all__ = ["Recipe", "RecipeError", "apply_overrides", "load_recipe", "parse_rec
 TOYWORLD_ASSETS = Path(__file__).resolve().parent / "toyworld" / "assets"
 TOYWORLD_PREFIX = "toyworld:"
 
-# A run's name becomes a folder (runs/<name>), a source's name a sub-folder: plain names only.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def _simple_name(what: str) -> AfterValidator:
-    """A name that becomes a folder of the run directory: letters, digits, '_', '.', '-'."""
-
-    def check(value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError(f"must be a simple {what} (letters, digits, '_', '.', '-'), got {value!r}")
-        return value
-
-    return AfterValidator(check)
-
-
-class BuilderSpec(Section):
-    """A data builder from data_builders/, by registry name."""
-
-    builder: str  # registry name of the builder module in data_builders/
-    args: dict = {}  # free-form keyword arguments passed to the builder
-    # Keep this spec's math and code prompts in the instruction and zh domains (prompts stage; by
-    # default they are removed, as in FuseChat-3.0).
-    keep_math_code: bool = False
-    # After the shared filters, keep this fraction of the spec's rows, then at most `limit` of them,
-    # chosen by a hash of prompt_id and the recipe seed (deterministic); null limit: no cap.
-    limit: int | None = Field(None, ge=1)
-    fraction: Annotated[float, in_range(0, 1, open_low=True)] = 1.0
-
-    @field_validator("builder")
-    @classmethod
-    def _named(cls, value: str) -> str:
-        if not value:
-            raise ValueError("must name a data builder, got ''")
-        return value
-
-
-class DecontaminationSpec(Section):
-    """Benchmark prompts that no training prompt may share a word n-gram with (prompts stage)."""
-
-    prompts: list[BuilderSpec] = Field(min_length=1)  # builders of the benchmark prompts
-    ngram: int = Field(13, ge=1)  # n-gram length in words; shorter prompts are matched only whole
-
 
 class SourceSpec(Section):
     """A source LLM whose responses are fused into the target."""
 
-    name: Annotated[str, _simple_name("name")]  # short unique name; the `model` column of Sample and Score rows
+    name: Annotated[str, simple_name("name")]  # short unique name; the `model` column of Sample and Score rows
     model: str  # local path, Hub id, or "toyworld:<asset>" (openai backend: the served model name)
     sampling: GenParams = GenParams()  # how this source is sampled
     domains: list[str] | None = Field(None, min_length=1)  # domains this source is sampled on (null: all)
@@ -116,6 +74,9 @@ class SourceSpec(Section):
     # "source": a model whose responses are fused (SFT and DPO rows). "target": the target model's own
     # samples, scored like a source's and used only for WRPO's chosen/rejected (at most one such entry).
     role: Literal["source", "target"] = "source"
+    # This source on a Ray cluster (replicas, GPUs per replica), over sampler.ray (fusechat3.sampling.ray_exec).
+    ray: RaySpec | None = None
+    added_later = ("ray",)
 
     _check_model = field_validator("model")(model_ref)
 
@@ -134,6 +95,10 @@ class SamplerSpec(Section):
     # Free-form keyword arguments of the backend (dtype, max_model_len, tensor_parallel_size, ...).
     engine: dict = {}
     shard_size: int = Field(512, ge=1)  # prompts per shard: the unit of resume
+    # Sample on a Ray cluster: {address, replicas, gpus_per_replica, cpus_per_replica} (fusechat3.sampling.ray_exec);
+    # null: in this process. Where the shards are sampled does not change them (not in the stage keys).
+    ray: RaySpec | None = None
+    added_later = ("ray",)
 
     @field_validator("backend")
     @classmethod
@@ -161,69 +126,11 @@ class ControlsSpec(Section):
     parallel: int = Field(1, ge=1)
 
 
-_EVAL_SAMPLING = {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 512}
-
-
-class EvalSpec(Section):
-    """Held-out evaluation of the trained models."""
-
-    added_later = ("llm_judge", "sampling_per_benchmark", "preset")
-
-    prompts: list[BuilderSpec] = Field(min_length=1)  # evaluation prompt builders
-    # More models to evaluate beside the run's own, by scoreboard name: a model folder (trained outside the run, e.g.
-    # by `accelerate launch`) or a Hub id (a released fused model), sampled with `sampler`.
-    models: dict[Annotated[str, _simple_name("model name")], str] = {}
-    # The reward model that judges win rates against a benchmark's baseline answers (AlpacaEval, Arena-Hard);
-    # null: the recipe's scoring.reward_model. Prompts without baseline answers never load it.
-    judge: RewardSpec | None = None
-    # An LLM on an OpenAI-compatible server judging the win rates instead of a reward model (each prompt judged in
-    # both orders): {model: <served name>, base_url: ..., api_key_env: ...}. Not with `judge`.
-    llm_judge: LLMJudgeSpec | None = None
-    # How models are sampled for evaluation: greedy, one response, by default; keys given here
-    # change those defaults (a partial block keeps the others, not the sources' sampling defaults).
-    sampling: GenParams = GenParams(**_EVAL_SAMPLING)
-    # Keys that change `sampling` for one benchmark (a scoreboard column: gsm8k, alpaca_eval, ...), e.g.
-    # {alpaca_eval: {temperature: 0.6, max_tokens: 4096}}.
-    sampling_per_benchmark: dict[str, dict[str, Any]] = {}
-    # FuseEval's settings for a target family under sampling_per_benchmark (fusechat3.evaluation.presets).
-    preset: Literal["fuseeval-llama3", "fuseeval-qwen2.5", "fuseeval-gemma2"] | None = None
-
-    def params_for(self, benchmark: str) -> GenParams:
-        """How a benchmark's prompts are sampled: `sampling`, then the preset's keys, then sampling_per_benchmark's."""
-        from fusechat3.evaluation.presets import PRESETS
-
-        preset = PRESETS[self.preset].get(benchmark, {}) if self.preset else {}
-        keys = {**self.sampling.model_dump(), **preset, **self.sampling_per_benchmark.get(benchmark, {})}
-        return GenParams(**keys)
-
-    @model_validator(mode="after")
-    def _benchmark_sampling_is_valid(self) -> EvalSpec:
-        for bench, keys in self.sampling_per_benchmark.items():
-            try:
-                GenParams(**{**self.sampling.model_dump(), **keys})
-            except ValidationError as err:
-                problem = err.errors()[0]
-                where = ".".join(str(x) for x in problem["loc"])
-                raise ValueError(f"sampling_per_benchmark.{bench}.{where}: {problem['msg']}") from None
-        return self
-
-    @model_validator(mode="after")
-    def _one_judge(self) -> EvalSpec:
-        if self.judge is not None and self.llm_judge is not None:
-            raise ValueError("set either judge (a reward model) or llm_judge (an LLM on a server), not both")
-        return self
-
-    @field_validator("sampling", mode="before")
-    @classmethod
-    def _eval_defaults(cls, value: Any) -> Any:
-        return {**_EVAL_SAMPLING, **value} if isinstance(value, dict) else value
-
-
 class Recipe(Section):
     """One run: prompts, sources, then implicit fusion (scoring, building, training: FuseChat-3.0) or explicit
     fusion (`explicit:`, `fuse_train:`: FuseLLM, FuseChat-1.0/2.0) or both, then evaluation."""
 
-    name: Annotated[str, _simple_name("folder name")]  # run name; the run directory defaults to runs/<name>
+    name: Annotated[str, simple_name("folder name")]  # run name; the run directory defaults to runs/<name>
     # Prompt builders whose rows are concatenated, and the source LLMs (at least one with role: source; names
     # unique). Both may be left out of an evaluation-only recipe (no scoring:, no explicit:, an eval: section).
     prompts: list[BuilderSpec] = []
@@ -335,6 +242,14 @@ class Recipe(Section):
     def sampler_for(self, src: SourceSpec) -> tuple[str, dict]:
         """The backend name and engine options one source is sampled with."""
         return src.backend or self.sampler.backend, {**self.sampler.engine, **src.engine}
+
+    def ray_for(self, src: SourceSpec, address: str | None = None) -> RaySpec | None:
+        """Where a source is sampled on Ray (`sources[i].ray`, else `sampler.ray`; None: in this process). `address`
+        (the CLI's --ray: an address, or "local") turns Ray on and replaces the recipe's address."""
+        spec = src.ray or self.sampler.ray
+        if address is None:
+            return spec
+        return (spec or RaySpec()).model_copy(update={"address": None if address == "local" else address})
 
     def chat_template(self, src: SourceSpec) -> str | None:
         """The text of a source's `chat_template` file (relative to the recipe's folder), or None."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from fusechat3.errors import RowError
@@ -35,13 +35,16 @@ if TYPE_CHECKING:
     from fusechat3.sampling.base import Sampler
 
 
-def run_sample(run: Run, source: str | None = None, shard: tuple[int, int] | None = None) -> None:
-    """Sample every source (or one), every shard (or those with index % n == i)."""
+def run_sample(
+    run: Run, source: str | None = None, shard: tuple[int, int] | None = None, ray: str | None = None
+) -> None:
+    """Sample every source (or one), every shard (or those with index % n == i); with `ray` (an address, or
+    "local"), on a Ray cluster (`fusechat3.sampling.ray_exec`) whatever the recipe's `sampler.ray` says."""
     recipe = run.recipe
     specs = [recipe.source(source)] if source else list(recipe.sources)  # an unknown name: one line
     prompts = run.read("prompts")
     for spec in specs:
-        _sample_source(run, spec, prompts, shard)
+        _sample_source(run, spec, prompts, shard, ray)
     write_summary(run)
 
 
@@ -55,9 +58,10 @@ def _check_prompts(run: Run, rows: list[dict]) -> None:
             raise RowError(f"{e} (fix the prompt builder's input, then re-run `fusechat3 prompts`)") from None
 
 
-def _sample_source(run: Run, spec: SourceSpec, prompts: list[dict], shard: tuple[int, int] | None) -> None:
+def _sample_source(
+    run: Run, spec: SourceSpec, prompts: list[dict], shard: tuple[int, int] | None, ray_address: str | None
+) -> None:
     from fusechat3.logs import progress
-    from fusechat3.sampling import get_sampler
     from fusechat3.sampling.base import sampling_key
 
     recipe = run.recipe
@@ -78,28 +82,36 @@ def _sample_source(run: Run, spec: SourceSpec, prompts: list[dict], shard: tuple
         key = sampling_key(recipe, spec)
         backend, engine = recipe.sampler_for(spec)
         total = sum(hi - lo for _, lo, hi in todo)
-        log(f"sample/{name}: {len(todo)} of {len(ranges)} shards to do ({total} of {len(wanted)} prompts), {backend}")
-        sampler = get_sampler(backend, resolve_model(spec.model), chat_template=recipe.chat_template(spec), **engine)
+        ray = recipe.ray_for(spec, ray_address)
+        where = f"Ray ({ray.replicas} replica(s))" if ray else "here"
+        log(
+            f"sample/{name}: {len(todo)} of {len(ranges)} shards to do ({total} of {len(wanted)} prompts), "
+            f"{backend}, {where}"
+        )
+        sampler_args = (backend, resolve_model(spec.model), recipe.chat_template(spec), engine)
         tokens = 0
         t0 = time.time()
         bar = progress(total, f"sample/{name}", "prompt")
+        done = None
         try:
-            for k, lo, hi in todo:
-                t_shard = time.time()
-                rows, skipped = _sample_shard(sampler, spec, wanted[lo:hi], key, bar.update)
+            shards = [(k, wanted[lo:hi]) for k, lo, hi in todo]
+            sizes = {k: hi - lo for k, lo, hi in todo}
+            if ray is not None:
+                from fusechat3.sampling.ray_exec import sample_shards
+
+                done = sample_shards(ray, spec, sampler_args, shards, key, bar.update)
+            else:
+                done = _sample_here(sampler_args, spec, shards, key, bar.update)
+            for k, rows, skipped, seconds in done:  # as each shard finishes
                 shard_tokens = sum(r["num_tokens"] for r in rows)
-                info = {
-                    "prompts": hi - lo,
-                    "tokens": shard_tokens,
-                    "seconds": round(time.time() - t_shard, 3),
-                    "skipped": skipped,
-                }
+                info = {"prompts": sizes[k], "tokens": shard_tokens, "seconds": round(seconds, 3), "skipped": skipped}
                 stage.write_shard(shard_name(k), rows, info)
                 tokens += shard_tokens
                 bar.set_postfix_str(f"{tokens / max(time.time() - t0, 1e-9):.0f} tok/s", refresh=True)
         finally:
+            if done is not None:
+                done.close()  # the sampler (or the Ray actors) shut down now, not when collected
             bar.close()
-            sampler.close()
     if all(stage.has_shard(shard_name(k)) for k in range(len(ranges))):
         summary = _source_summary(stage.shard_infos(), len(wanted))
         stage.finish(summary)
@@ -116,6 +128,27 @@ def _sample_source(run: Run, spec: SourceSpec, prompts: list[dict], shard: tuple
         )
     else:
         log(f"sample/{name}: this process's shards are written; others are still missing")
+
+
+def _sample_here(
+    sampler_args: tuple[str, str, str | None, dict],
+    spec: SourceSpec,
+    shards: list[tuple[int, list[dict]]],
+    key: str,
+    progress: Callable[[int], None],
+) -> Iterator[tuple[int, list[dict], dict[str, str], float]]:
+    """(shard index, Sample rows, skipped prompts, seconds) for each shard, sampled in this process."""
+    from fusechat3.sampling import get_sampler
+
+    backend, model, chat_template, engine = sampler_args
+    sampler = get_sampler(backend, model, chat_template=chat_template, **engine)
+    try:
+        for k, chunk in shards:
+            t0 = time.time()
+            rows, skipped = _sample_shard(sampler, spec, chunk, key, progress)
+            yield k, rows, skipped, time.time() - t0
+    finally:
+        sampler.close()
 
 
 def _sample_shard(
@@ -202,6 +235,14 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         type=shard_arg,
         metavar="I/N",
         help="do only shards k with k %% N == I (split one source over N jobs)",
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="sample on Ray: the cluster at ADDRESS (auto, ray://host:10001), or a local Ray without one; "
+        "replicas and GPUs from the recipe's sampler.ray / sources[i].ray",
     )
 
 
