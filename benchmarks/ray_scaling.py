@@ -3,7 +3,8 @@
 One source (the toy `mistral-math`, CPU vLLM), the same prompts and sampling each time, a fresh run directory per
 configuration, the stage timed from start to end (engine start included, as a user waits for it):
 
-- local: `fusechat3 sample` in this process (vLLM's CPU build binds its threads to every core);
+- local: `fusechat3 sample` in this process (vLLM's CPU build binds its threads to every core), after a warm-up
+  run that pays vLLM's first import;
 - ray-1: one Ray actor with every CPU (`sampler.ray: {replicas: 1, cpus_per_replica: <cores>}`): the overhead;
 - ray-1x1 and ray-2x1: one and two actors with one CPU (thread) each: the scaling.
 
@@ -72,6 +73,7 @@ def main() -> None:
 
     marginal, fixed, rows = {}, {}, {}
     n1, n2 = args.sizes
+    timed("warmup", [], 30)  # vLLM's first import in this process is not the local path's cost
     for name, extra in configs.items():
         t1, _ = timed(name, extra, n1)
         t2, rows[name] = timed(name, extra, n2)

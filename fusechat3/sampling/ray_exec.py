@@ -66,9 +66,9 @@ class _ShardSampler:
         from fusechat3.recipe import SourceSpec
         from fusechat3.sampling import get_sampler
 
-        if not torch.cuda.is_available():
-            # On CPU nodes, as many threads as the CPUs Ray gave the actor: vLLM's CPU build would otherwise bind its
-            # threads to every core of the node in each actor, and the actors would share the same cores.
+        if not torch.cuda.is_available() and int(cpus) < (os.cpu_count() or 1):
+            # On CPU nodes, an actor with part of the node's CPUs gets as many threads: vLLM's CPU build would
+            # otherwise bind its threads to every core of the node in each actor, and the actors would share them.
             threads = max(1, int(cpus))
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
             os.environ.setdefault("OMP_NUM_THREADS", str(threads))
