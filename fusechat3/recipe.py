@@ -43,8 +43,8 @@ from fusechat3.evaluation.spec import EvalSpec
 from fusechat3.explicit.spec import TARGET_PART, ExplicitSpec
 from fusechat3.merging.spec import MergeSpec
 from fusechat3.prompt_spec import BuilderSpec, DecontaminationSpec
+from fusechat3.ray_exec import RaySpec
 from fusechat3.sampling.params import GenParams
-from fusechat3.sampling.ray_exec import RaySpec
 from fusechat3.schema import stable_hash
 from fusechat3.scoring.spec import CodeSpec, MathSpec, RewardSpec, ScoringSpec
 from fusechat3.training.config import TrainSection
@@ -74,7 +74,7 @@ class SourceSpec(Section):
     # "source": a model whose responses are fused (SFT and DPO rows). "target": the target model's own
     # samples, scored like a source's and used only for WRPO's chosen/rejected (at most one such entry).
     role: Literal["source", "target"] = "source"
-    # This source on a Ray cluster (replicas, GPUs per replica), over sampler.ray (fusechat3.sampling.ray_exec).
+    # This source on a Ray cluster (replicas, GPUs per replica), over sampler.ray (fusechat3.ray_exec).
     ray: RaySpec | None = None
     added_later = ("ray",)
 
@@ -95,7 +95,7 @@ class SamplerSpec(Section):
     # Free-form keyword arguments of the backend (dtype, max_model_len, tensor_parallel_size, ...).
     engine: dict = {}
     shard_size: int = Field(512, ge=1)  # prompts per shard: the unit of resume
-    # Sample on a Ray cluster: {address, replicas, gpus_per_replica, cpus_per_replica} (fusechat3.sampling.ray_exec);
+    # Sample on a Ray cluster: {address, replicas, gpus_per_replica, cpus_per_replica} (fusechat3.ray_exec);
     # null: in this process. Where the shards are sampled does not change them (not in the stage keys).
     ray: RaySpec | None = None
     added_later = ("ray",)
@@ -242,14 +242,6 @@ class Recipe(Section):
     def sampler_for(self, src: SourceSpec) -> tuple[str, dict]:
         """The backend name and engine options one source is sampled with."""
         return src.backend or self.sampler.backend, {**self.sampler.engine, **src.engine}
-
-    def ray_for(self, src: SourceSpec, address: str | None = None) -> RaySpec | None:
-        """Where a source is sampled on Ray (`sources[i].ray`, else `sampler.ray`; None: in this process). `address`
-        (the CLI's --ray: an address, or "local") turns Ray on and replaces the recipe's address."""
-        spec = src.ray or self.sampler.ray
-        if address is None:
-            return spec
-        return (spec or RaySpec()).model_copy(update={"address": None if address == "local" else address})
 
     def chat_template(self, src: SourceSpec) -> str | None:
         """The text of a source's `chat_template` file (relative to the recipe's folder), or None."""

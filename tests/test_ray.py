@@ -1,5 +1,6 @@
-"""The sample stage on Ray (`fusechat3.sampling.ray_exec`), on a local Ray instance with 2 CPUs: the same rows as
-the local path (real vLLM engines in two actors), and a driver killed with SIGKILL part-way resumes at its shards."""
+"""The sample and score stages on Ray (`fusechat3.ray_exec`), on a local Ray instance with 2 CPUs: the same rows as
+the local path (real vLLM engines in two actors; the reward model, math check and code sandbox in two actors), and
+a driver killed with SIGKILL part-way resumes at its shards."""
 
 from __future__ import annotations
 
@@ -36,7 +37,11 @@ def cluster():
 def _recipe(tmp: Path, name: str, backend: str, n: int, shard_size: int) -> Path:
     prompts = tmp / "prompts.jsonl"
     prompts.write_text(
-        "".join(json.dumps({"messages": [{"role": "user", "content": f"Write the words in capital letters: cat dog {i}"}]}) + "\n" for i in range(n))
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"Write the words in capital letters: cat dog {i}"}]})
+            + "\n"
+            for i in range(n)
+        )
     )
     engine = {"max_model_len": 128} if backend == "vllm" else {"max_model_len": 128, "batch_size": 4}
     recipe = {
@@ -66,6 +71,7 @@ def _sample(path: Path, *overrides: str, ray_address: str | None = None) -> list
     return run.read("sample/mm")
 
 
+@pytest.mark.slow  # two vLLM engines on Ray and one here: ~50 s; the hf path below checks the same rows on every run
 def test_ray_gives_the_local_rows(tmp_path: Path, cluster: str) -> None:
     local = _sample(_recipe(tmp_path, "local", "vllm", 10, shard_size=3))
     on_ray = _sample(_recipe(tmp_path, "on-ray", "vllm", 10, shard_size=3), "sampler.ray={replicas: 2}")
@@ -100,3 +106,37 @@ def test_a_killed_ray_driver_resumes_at_its_shards(tmp_path: Path, cluster: str)
     assert sorted(p.name for p in folder.glob("shard-*.parquet")) == [f"shard-{k:05d}.parquet" for k in range(6)]
     assert {name: (folder / name).stat().st_mtime_ns for name in written} == before  # kept, not sampled again
     assert resumed == _sample(_recipe(tmp_path, "uninterrupted", "hf", 12, shard_size=2))
+
+
+def test_the_score_stage_on_ray_gives_the_local_rows(tmp_path: Path, cluster: str) -> None:
+    """Reward model, math check and code sandbox in two Ray actors (one thread each): the same Score rows as in this
+    process (two threads), the rewards equal up to float32 rounding (another thread count sums in another order)."""
+    import shutil
+
+    from fusechat3.scoring.stage import run_score
+
+    recipe = load_recipe(
+        ROOT / "recipes" / "toyworld" / "imf.yaml",
+        [
+            f"run_dir={tmp_path / 'run'}",
+            "prompts=[{builder: toyworld, args: {split: fusion, per_domain: {math: 5, code: 5, instruction: 5, zh: 0}}}]",
+            "sources=[{name: m, model: 'toyworld:mistral-math', sampling: {n: 2, max_tokens: 64}}]",
+            "sampler={backend: hf, engine: {max_model_len: 512, batch_size: 8}}",
+            "building.zh_source=m",
+            "wrpo=null",
+            "scoring.shard_size=8",
+        ],
+    )
+    run = Run(recipe)
+    stage_fn("prompts").run(run)
+    run_sample(run)
+    run_score(run)
+    local = run.read("score")
+    assert len(local) == 30 and {r["verdict"] for r in local} - {"unchecked"}  # math and code were checked
+    shutil.rmtree(tmp_path / "run" / "score")
+    run_score(Run(recipe), ray=cluster)
+    on_ray = Run(recipe).read("score")
+    assert [{**r, "reward": None} for r in on_ray] == [{**r, "reward": None} for r in local]
+    assert [r["reward"] for r in on_ray] == pytest.approx([r["reward"] for r in local], rel=1e-5)
+    manifest = json.loads((tmp_path / "run" / "score" / "manifest.json").read_text())
+    assert manifest["finished"] and len(manifest["shards"]) == 4

@@ -19,12 +19,14 @@ recorded with their prompt_id and reason in the shard's record and in the summar
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from fusechat3.errors import RowError
+from fusechat3.ray_exec import add_ray_argument, with_address
 from fusechat3.recipe import SourceSpec, resolve_model
 from fusechat3.run import Run, log, print_summary
 from fusechat3.schema import check_prompt, make_sample
@@ -39,7 +41,7 @@ def run_sample(
     run: Run, source: str | None = None, shard: tuple[int, int] | None = None, ray: str | None = None
 ) -> None:
     """Sample every source (or one), every shard (or those with index % n == i); with `ray` (an address, or
-    "local"), on a Ray cluster (`fusechat3.sampling.ray_exec`) whatever the recipe's `sampler.ray` says."""
+    "local"), on a Ray cluster (`fusechat3.ray_exec`) whatever the recipe's `sampler.ray` says."""
     recipe = run.recipe
     specs = [recipe.source(source)] if source else list(recipe.sources)  # an unknown name: one line
     prompts = run.read("prompts")
@@ -82,7 +84,7 @@ def _sample_source(
         key = sampling_key(recipe, spec)
         backend, engine = recipe.sampler_for(spec)
         total = sum(hi - lo for _, lo, hi in todo)
-        ray = recipe.ray_for(spec, ray_address)
+        ray = with_address(spec.ray or recipe.sampler.ray, ray_address)
         where = f"Ray ({ray.replicas} replica(s))" if ray else "here"
         log(
             f"sample/{name}: {len(todo)} of {len(ranges)} shards to do ({total} of {len(wanted)} prompts), "
@@ -97,9 +99,13 @@ def _sample_source(
             shards = [(k, wanted[lo:hi]) for k, lo, hi in todo]
             sizes = {k: hi - lo for k, lo, hi in todo}
             if ray is not None:
-                from fusechat3.sampling.ray_exec import sample_shards
+                from fusechat3.ray_exec import run_shards
 
-                done = sample_shards(ray, spec, sampler_args, shards, key, bar.update)
+                setup = functools.partial(_open_sampler, sampler_args, spec, key)
+                done = (
+                    (k, rows, skipped, seconds)
+                    for k, (rows, skipped), seconds in run_shards(ray, setup, shards, len, bar.update)
+                )
             else:
                 done = _sample_here(sampler_args, spec, shards, key, bar.update)
             for k, rows, skipped, seconds in done:  # as each shard finishes
@@ -149,6 +155,17 @@ def _sample_here(
             yield k, rows, skipped, time.time() - t0
     finally:
         sampler.close()
+
+
+def _open_sampler(
+    sampler_args: tuple[str, str, str | None, dict], spec: SourceSpec, key: str
+) -> Callable[[list[dict]], tuple[list[dict], dict[str, str]]]:
+    """A Ray actor's setup (`fusechat3.ray_exec`): open the sampler once; the function that samples one shard."""
+    from fusechat3.sampling import get_sampler
+
+    backend, model, chat_template, engine = sampler_args
+    sampler = get_sampler(backend, model, chat_template=chat_template, **engine)
+    return lambda chunk: _sample_shard(sampler, spec, chunk, key, lambda n: None)
 
 
 def _sample_shard(
@@ -236,14 +253,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         metavar="I/N",
         help="do only shards k with k %% N == I (split one source over N jobs)",
     )
-    parser.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="sample on Ray: the cluster at ADDRESS (auto, ray://host:10001), or a local Ray without one; "
-        "replicas and GPUs from the recipe's sampler.ray / sources[i].ray",
-    )
+    add_ray_argument(parser, "sampler.ray / sources[i].ray")
 
 
 SAMPLE = StageDef(

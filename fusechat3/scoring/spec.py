@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from fusechat3.config import Section, model_ref
+from fusechat3.ray_exec import RaySpec
 
 
 class RewardSpec(Section):
@@ -71,6 +72,9 @@ class ScoringSpec(Section):
     code: CodeSpec = CodeSpec()  # sandbox settings for code prompts
     math: MathSpec = MathSpec()  # the math answer check
     shard_size: int = Field(2048, ge=1)  # samples per shard: the unit of resume
+    # Score on a Ray cluster: {address, replicas, gpus_per_replica, cpus_per_replica} (fusechat3.ray_exec), each
+    # replica with its own reward model and sandbox; null: in this process. Not in the stage key (same rows).
+    ray: RaySpec | None = Field(None, exclude=True)
 
     @property
     def checks(self) -> dict:

@@ -11,11 +11,15 @@ mean and quantiles, math and code pass rates, verdict counts), also written to
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import math
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 
+from fusechat3.ray_exec import add_ray_argument, with_address
 from fusechat3.recipe import as_dict
 from fusechat3.run import Run, log
 from fusechat3.schema import assistant, make_score, sample_key
@@ -26,7 +30,9 @@ from fusechat3.store import atomic_write
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
-def run_score(run: Run) -> None:
+def run_score(run: Run, ray: str | None = None) -> None:
+    """Score every sample, shard by shard; with `ray` (an address, or "local"), on a Ray cluster
+    (`fusechat3.ray_exec`) whatever the recipe's `scoring.ray` says."""
     from fusechat3.logs import progress
 
     recipe = run.recipe
@@ -39,20 +45,27 @@ def run_score(run: Run) -> None:
     samples = sorted((s for part in run.parts("sample") for s in run.read(part)), key=sample_key)
     size = recipe.scoring.shard_size
     todo = [k for k in range(0, len(samples), size) if not stage.has_shard(f"shard-{k // size:05d}")]
-    rm = None
+    on_ray = with_address(recipe.scoring.ray, ray)
     if todo:
-        log(f"score: {len(todo)} of {-(-len(samples) // size)} shards to do ({len(samples)} responses)")
-        rm = recipe.scoring.reward_model.load()
+        where = f"on Ray ({on_ray.replicas} replica(s))" if on_ray else "here"
+        log(f"score: {len(todo)} of {-(-len(samples) // size)} shards to do ({len(samples)} responses), {where}")
     bar = progress(sum(len(samples[k : k + size]) for k in todo), "score", "response", disable=not todo)
+    done = None
     try:
-        for k in todo:
-            chunk = samples[k : k + size]
-            stage.write_shard(f"shard-{k // size:05d}", _score_chunk(recipe, rm, chunk, prompts))
-            bar.update(len(chunk))
+        if todo and on_ray is not None:
+            from fusechat3.ray_exec import run_shards
+
+            shards = [(k // size, _payload(samples[k : k + size], prompts)) for k in todo]
+            setup = functools.partial(_open_judges, recipe)
+            done = run_shards(on_ray, setup, shards, lambda payload: len(payload["samples"]), bar.update)
+        elif todo:
+            done = _score_here(recipe, [(k // size, samples[k : k + size]) for k in todo], prompts, bar.update)
+        for index, rows, _ in done or ():
+            stage.write_shard(f"shard-{index:05d}", rows)
     finally:
+        if done is not None:
+            done.close()  # the reward model (or the Ray actors) released now, not when collected
         bar.close()
-        if rm is not None:
-            rm.close()
     rows = stage.read()
     secs = time.time() - t0
     summary = score_summary(rows, prompts)
@@ -61,6 +74,32 @@ def run_score(run: Run) -> None:
     text = json.dumps(summary, indent=2, sort_keys=True).encode()
     atomic_write(run.output(SCORE.name, "summary"), lambda f: f.write(text))
     _print(summary, secs)
+
+
+def _payload(chunk: list[dict], prompts: dict[str, dict]) -> dict:
+    """What a Ray actor needs to score one shard: its samples and their prompts."""
+    return {"samples": chunk, "prompts": {s["prompt_id"]: prompts[s["prompt_id"]] for s in chunk}}
+
+
+def _open_judges(recipe) -> Callable[[dict], list[dict]]:
+    """A Ray actor's setup (`fusechat3.ray_exec`): load the reward model once; the function that scores a shard."""
+    rm = recipe.scoring.reward_model.load()
+    return lambda payload: _score_chunk(recipe, rm, payload["samples"], payload["prompts"])
+
+
+def _score_here(
+    recipe, shards: list[tuple[int, list[dict]]], prompts: dict[str, dict], progress: Callable[[int], None]
+) -> Iterator[tuple[int, list[dict], float]]:
+    """(shard index, Score rows, seconds) for each shard, scored in this process."""
+    rm = recipe.scoring.reward_model.load()
+    try:
+        for index, chunk in shards:
+            t0 = time.time()
+            rows = _score_chunk(recipe, rm, chunk, prompts)
+            progress(len(chunk))
+            yield index, rows, time.time() - t0
+    finally:
+        rm.close()
 
 
 def _score_chunk(recipe, rm, chunk: list[dict], prompts: dict[str, dict]) -> list[dict]:
@@ -191,6 +230,10 @@ def _check(run: Run) -> None:
     check_backend(run.recipe.scoring.reward_model.backend)
 
 
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    add_ray_argument(parser, "scoring.ray")
+
+
 SCORE = StageDef(
     name="score",
     help="score every response: reward model + math/code verification",
@@ -199,6 +242,7 @@ SCORE = StageDef(
     settings=lambda run, part: as_dict(run.recipe.scoring),
     outputs={"rows": "shard-*.parquet", "summary": "summary.json"},
     check=_check,
+    arguments=_arguments,
     enabled=implicit,
     disabled_reason=IMPLICIT_OFF,
 )
