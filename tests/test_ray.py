@@ -71,7 +71,14 @@ def _sample(path: Path, *overrides: str, ray_address: str | None = None) -> list
     return run.read("sample/mm")
 
 
-@pytest.mark.slow  # two vLLM engines on Ray and one here: ~50 s; the hf path below checks the same rows on every run
+def test_ray_gives_the_local_rows_hf(tmp_path: Path, cluster: str) -> None:
+    """The fast check of every run: the transformers backend in two actors, the rows of this process's."""
+    local = _sample(_recipe(tmp_path, "local", "hf", 8, shard_size=2))
+    on_ray = _sample(_recipe(tmp_path, "on-ray", "hf", 8, shard_size=2), "sampler.ray={replicas: 2}")
+    assert len(local) == 16 and on_ray == local
+
+
+@pytest.mark.slow  # two vLLM engines on Ray and one here: ~50 s
 def test_ray_gives_the_local_rows(tmp_path: Path, cluster: str) -> None:
     local = _sample(_recipe(tmp_path, "local", "vllm", 10, shard_size=3))
     on_ray = _sample(_recipe(tmp_path, "on-ray", "vllm", 10, shard_size=3), "sampler.ray={replicas: 2}")
@@ -80,13 +87,13 @@ def test_ray_gives_the_local_rows(tmp_path: Path, cluster: str) -> None:
     assert manifest["finished"] and sorted(manifest["shards"]) == [f"shard-{k:05d}" for k in range(4)]
 
 
+@pytest.mark.slow  # ~45 s: two processes start, each with an actor that loads the model
 def test_a_killed_ray_driver_resumes_at_its_shards(tmp_path: Path, cluster: str) -> None:
     """SIGKILL the `fusechat3 sample --ray` process once its first shard is written; the rerun samples only the
     missing shards and the rows are those of an uninterrupted local run."""
     recipe = _recipe(tmp_path, "killed", "hf", 12, shard_size=2)
     folder = tmp_path / "killed" / "sample" / "mm"
-    proc = subprocess.Popen([sys.executable, "-m", "fusechat3.cli", "run", str(recipe), "--to", "prompts"], cwd=ROOT)
-    assert proc.wait(timeout=120) == 0
+    stage_fn("prompts").run(Run(load_recipe(recipe)))
     proc = subprocess.Popen(
         [sys.executable, "-m", "fusechat3.cli", "sample", str(recipe), "--ray", cluster],
         cwd=ROOT,
@@ -108,6 +115,7 @@ def test_a_killed_ray_driver_resumes_at_its_shards(tmp_path: Path, cluster: str)
     assert resumed == _sample(_recipe(tmp_path, "uninterrupted", "hf", 12, shard_size=2))
 
 
+@pytest.mark.slow  # ~35 s: a reward model in two actors and here
 def test_the_score_stage_on_ray_gives_the_local_rows(tmp_path: Path, cluster: str) -> None:
     """Reward model, math check and code sandbox in two Ray actors (one thread each): the same Score rows as in this
     process (two threads), the rewards equal up to float32 rounding (another thread count sums in another order)."""
