@@ -71,7 +71,8 @@ def test_eval_of_a_model_against_its_own_answers_is_fifty_percent(tmp_path: Path
     from fusechat3.toyworld import tasks
 
     instructions = [t.prompt for t in tasks.eval_tasks("instruction", 12)]
-    sampler = get_sampler("vllm", resolve_model("toyworld:target"), max_model_len=512)
+    # The transformers backend for both sides (starts in a second where vLLM takes ten; greedy either way).
+    sampler = get_sampler("hf", resolve_model("toyworld:target"), max_model_len=512)
     try:
         outs = sampler.generate(
             [[{"role": "user", "content": q}] for q in instructions],
@@ -93,6 +94,7 @@ def test_eval_of_a_model_against_its_own_answers_is_fifty_percent(tmp_path: Path
             f"run_dir={tmp_path / 'run'}",
             f"eval.prompts=[{{builder: alpaca_eval, args: {{path: '{path}'}}}}]",
             "eval.judge={model: 'toyworld:reward', max_length: 512}",
+            "sampler={backend: hf, engine: {max_model_len: 512}}",
         ],
     )
     result = run_eval(Run(recipe), only=["target_before"])
