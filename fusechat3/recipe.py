@@ -75,8 +75,7 @@ class SourceSpec(Section):
     # samples, scored like a source's and used only for WRPO's chosen/rejected (at most one such entry).
     role: Literal["source", "target"] = "source"
     # This source on a Ray cluster (replicas, GPUs per replica), over sampler.ray (fusechat3.ray_exec).
-    ray: RaySpec | None = None
-    added_later = ("ray",)
+    ray: RaySpec | None = Field(None, exclude=True)  # where it runs: in no stage key
 
     _check_model = field_validator("model")(model_ref)
 
@@ -97,8 +96,7 @@ class SamplerSpec(Section):
     shard_size: int = Field(512, ge=1)  # prompts per shard: the unit of resume
     # Sample on a Ray cluster: {address, replicas, gpus_per_replica, cpus_per_replica} (fusechat3.ray_exec);
     # null: in this process. Where the shards are sampled does not change them (not in the stage keys).
-    ray: RaySpec | None = None
-    added_later = ("ray",)
+    ray: RaySpec | None = Field(None, exclude=True)  # where it runs: in no stage key
 
     @field_validator("backend")
     @classmethod

@@ -148,3 +148,24 @@ def test_the_score_stage_on_ray_gives_the_local_rows(tmp_path: Path, cluster: st
     assert [r["reward"] for r in on_ray] == pytest.approx([r["reward"] for r in local], rel=1e-5)
     manifest = json.loads((tmp_path / "run" / "score" / "manifest.json").read_text())
     assert manifest["finished"] and len(manifest["shards"]) == 4
+
+
+def test_running_on_ray_changes_no_stage_key(tmp_path: Path) -> None:
+    """Moving a run to Ray (or off it) must not redo a finished stage: the Ray settings are in no stage key."""
+    from fusechat3.stages import stages
+
+    def keys(*overrides: str) -> dict[str, str]:
+        run = Run(load_recipe(ROOT / "recipes" / "toyworld" / "imf.yaml", [f"run_dir={tmp_path}", *overrides]))
+        names = [
+            f"{st.name}/{part}" if part else st.name
+            for st in stages().values()
+            if st.enabled(run.recipe)
+            for part in (st.parts(run.recipe) if st.parts else [None])
+        ]
+        return {name: run.key(name) for name in names}
+
+    plain = keys()
+    assert len(plain) > 10
+    assert (
+        keys("sampler.ray={replicas: 2}", "sources.0.ray={replicas: 3, gpus_per_replica: 1}", "scoring.ray={}") == plain
+    )
