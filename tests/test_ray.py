@@ -71,6 +71,7 @@ def _sample(path: Path, *overrides: str, ray_address: str | None = None) -> list
     return run.read("sample/mm")
 
 
+@pytest.mark.slow  # ~40 s with the local Ray's start: `make test` stays under its 10 minutes on 2 cores
 def test_ray_gives_the_local_rows_hf(tmp_path: Path, cluster: str) -> None:
     """The fast check of every run: the transformers backend in two actors, the rows of this process's."""
     local = _sample(_recipe(tmp_path, "local", "hf", 8, shard_size=2))
