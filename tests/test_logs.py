@@ -61,6 +61,7 @@ def test_a_stage_log_follows_its_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~25 s (a vLLM engine in a subprocess): `make test` stays under its 10 minutes on 2 cores
 def test_a_run_in_a_log_file(tmp_path: Path) -> None:
     """`fusechat3 run` with stderr into a file: progress lines, no bar redraws, none of vLLM's or torch's notices,
     and the stage's own log file."""
