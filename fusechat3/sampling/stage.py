@@ -144,10 +144,7 @@ def _sample_here(
     progress: Callable[[int], None],
 ) -> Iterator[tuple[int, list[dict], dict[str, str], float]]:
     """(shard index, Sample rows, skipped prompts, seconds) for each shard, sampled in this process."""
-    from fusechat3.sampling import get_sampler
-
-    backend, model, chat_template, engine = sampler_args
-    sampler = get_sampler(backend, model, chat_template=chat_template, **engine)
+    sampler = _make_sampler(sampler_args)
     try:
         for k, chunk in shards:
             t0 = time.time()
@@ -157,14 +154,19 @@ def _sample_here(
         sampler.close()
 
 
+def _make_sampler(sampler_args: tuple[str, str, str | None, dict]) -> Sampler:
+    """The sampler of (backend, model, chat template, engine options)."""
+    from fusechat3.sampling import get_sampler
+
+    backend, model, chat_template, engine = sampler_args
+    return get_sampler(backend, model, chat_template=chat_template, **engine)
+
+
 def _open_sampler(
     sampler_args: tuple[str, str, str | None, dict], spec: SourceSpec, key: str
 ) -> Callable[[list[dict]], tuple[list[dict], dict[str, str]]]:
     """A Ray actor's setup (`fusechat3.ray_exec`): open the sampler once; the function that samples one shard."""
-    from fusechat3.sampling import get_sampler
-
-    backend, model, chat_template, engine = sampler_args
-    sampler = get_sampler(backend, model, chat_template=chat_template, **engine)
+    sampler = _make_sampler(sampler_args)
     return lambda chunk: _sample_shard(sampler, spec, chunk, key, lambda n: None)
 
 
