@@ -40,7 +40,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from fusechat3.scoring.code import describe_isolation, extract_code, run_tests_many
-    from fusechat3.scoring.sandbox import BATCH_SIZE, _cpu_count
+    from fusechat3.scoring.sandbox import BATCH_SIZE
+    from fusechat3.scoring.sandbox_pool import _cpu_count
     from fusechat3.toyworld import tasks as T
 
     tasks = T.split_tasks("code", args.programs, "fusion")

@@ -4,8 +4,10 @@ directory as it comes back: the same files and manifest as the local path. So ev
 killed driver resumes at the shards it had not written, and the rows are the local path's (each prompt is sampled
 with its own seed, each response judged on its own, whichever actor takes the shard).
 
-Used by the sample stage (`sampler.ray`, `sources[i].ray`, `fusechat3 sample --ray`) and the score stage
-(`scoring.ray`, `fusechat3 score --ray`).
+Used by the sample stage (`sampler.ray`, `sources[i].ray`, `fusechat3 sample --ray`), the score stage
+(`scoring.ray`, `fusechat3 score --ray`) and the explicit path's represent stage (`explicit.represent.ray`,
+`sources[i].ray`, `fusechat3 represent --ray`). Payloads and results travel pickled: a representation holds raw
+array bytes, and floats come back bit for bit.
 
 Why Ray Data and not `ray.data.llm`: its vLLM processor samples rows with its own request building and chat
 templating; the stages need our samplers' exact behaviour (per-prompt seeds, n per domain, skipped prompts,
@@ -14,7 +16,8 @@ chat-template overrides, the openai and hf backends) and our judges, so the acto
 
 from __future__ import annotations
 
-import json
+import functools
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -72,6 +75,32 @@ def connect(address: str | None) -> None:
     quiet_third_party()
 
 
+def spare_cpus(spec: RaySpec) -> float:
+    """The cluster's CPUs left beside `spec.replicas` actors (connected first): room for CPU tasks of their own."""
+    import ray
+
+    connect(spec.address)
+    return ray.cluster_resources().get("CPU", 0.0) - spec.replicas * spec.cpus_per_replica
+
+
+@functools.cache
+def _as_task(fn: Callable) -> Any:
+    import ray
+
+    return ray.remote(num_cpus=1)(fn)
+
+
+def cpu_tasks(fn: Callable, arglists: list[tuple]) -> list:
+    """`fn(*args)` for each of `arglists` as Ray tasks of one CPU each, wherever the cluster has one free (called from
+    an actor or a driver); the results in order. The score stage's code sandbox fans out this way
+    (`fusechat3.scoring.sandbox_pool.run_tests_many`), so the programs run on the CPU nodes, not beside the reward
+    model."""
+    import ray
+
+    task = _as_task(fn)
+    return ray.get([task.remote(*args) for args in arglists])
+
+
 class _ShardWorker:
     """A Ray Data actor: `setup()` once (it returns the function that does one shard), then one shard per call."""
 
@@ -82,9 +111,9 @@ class _ShardWorker:
         out: dict[str, list] = {"k": [], "result": [], "seconds": []}
         for k, payload in zip(batch["k"], batch["payload"], strict=True):
             t0 = time.time()
-            result = self.work(json.loads(payload))
+            result = self.work(pickle.loads(payload))
             out["k"].append(int(k))
-            out["result"].append(json.dumps(result))
+            out["result"].append(pickle.dumps(result))
             out["seconds"].append(time.time() - t0)
         return out
 
@@ -96,7 +125,7 @@ def run_shards(
     size_of: Callable[[Any], int],
     progress: Callable[[int], None],
 ) -> Iterator[tuple[int, Any, float]]:
-    """(shard index, result, seconds) for each of `shards` ((index, JSON-able payload)), in the order they finish,
+    """(shard index, result, seconds) for each of `shards` ((index, picklable payload)), in the order they finish,
     done by `spec.replicas` actors that each call `setup()` once; `progress` gets `size_of(payload)` per shard."""
     import os
 
@@ -110,7 +139,7 @@ def run_shards(
         # the actors would share them. (Set later, in the actor, it reaches only the thread that set it: vLLM's
         # attention then sees two thread counts and stops.)
         env = {"OMP_NUM_THREADS": str(max(1, int(spec.cpus_per_replica))), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-    items = [{"k": k, "payload": json.dumps(payload)} for k, payload in shards]
+    items = [{"k": k, "payload": pickle.dumps(payload)} for k, payload in shards]
     results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _ShardWorker,
         fn_constructor_kwargs={"setup": setup},
@@ -124,4 +153,4 @@ def run_shards(
     for row in results.iter_rows():
         k = int(row["k"])
         progress(sizes[k])
-        yield k, json.loads(row["result"]), float(row["seconds"])
+        yield k, pickle.loads(row["result"]), float(row["seconds"])

@@ -55,8 +55,9 @@ writes one line, tagged with a per-run random token, to a pipe reserved for it; 
 supervisor writes how (the CPU limit's signals: "timeout"; SIGKILL below it: the OOM killer, "memory_error"). The program runs as a real module named `solution` (so its `if __name__ == "__main__":`
 demo code does not run), and the tests run in its namespace.
 
-Many programs run through `run_tests_many`: batches of programs per sandbox (starting the namespaces and the
-interpreter costs more than most programs take to run), the batches in a bounded pool (see `pool_size`).
+Many programs run through `run_tests_many` (`fusechat3.scoring.sandbox_pool`): batches of programs per sandbox
+(starting the namespaces and the interpreter costs more than most programs take to run), the batches in a bounded
+pool (see `pool_size`) or as Ray CPU tasks.
 """
 
 from __future__ import annotations
@@ -75,7 +76,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -377,67 +377,3 @@ def _tail(f: IO[bytes], size: int = 500) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Many
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may use (taskset, cgroup cpusets)
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def pool_size(workers: int, jobs: int, memory_mb: int) -> int:
-    """How many sandboxes `run_tests_many` runs at once: `workers` (0: one per usable CPU core), never more than
-    there are jobs, and never more than fit in physical memory at `memory_mb` each (every program may use that
-    much); at least 1."""
-    size = workers or _cpu_count()
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        size = min(size, max(1, memory // (memory_mb * 1024 * 1024)))
-    except (ValueError, OSError):
-        pass
-    return max(1, min(size, jobs))
-
-
-def run_tests_many(
-    jobs: list[tuple[str, list[str]]],
-    *,
-    timeout_s: float = 10.0,
-    memory_mb: int = 1024,
-    workers: int = 0,
-    batch_size: int = BATCH_SIZE,
-) -> list[tuple[bool, str]]:
-    """`run_tests` over (code, tests) jobs; results in job order, the same as `run_tests` gives one by one.
-
-    The programs that pass the static check run in batches of `batch_size` per sandbox (one after the other, each
-    in a fresh worker, `sandbox_child`), the batches in a bounded pool (`pool_size`): starting a sandbox (the
-    namespaces, the interpreter) costs more than most programs take to run. A job whose batch gives it no verdict
-    (its supervisor died: a program killed it where there is no PID namespace) is run again alone. Threads
-    suffice: each waits on its own sandbox process, the work happens there."""
-    jobs = list(jobs)
-    out: list[tuple[bool, str] | None] = [None] * len(jobs)
-    todo = []
-    for i, (code, tests) in enumerate(jobs):
-        problem = static_verdict(code, tests)
-        if problem:
-            out[i] = (False, problem)
-        else:
-            todo.append(i)
-    if todo:
-        iso = _isolation()  # probe once, before the threads race to do it
-        size = pool_size(workers, len(todo), memory_mb)
-        # Batches no bigger than an equal share of the pool, so that a few jobs still use every sandbox at once.
-        step = max(1, min(batch_size, -(-len(todo) // size)))
-        batches = [todo[k : k + step] for k in range(0, len(todo), step)]
-
-        def run(batch: list[int]) -> None:
-            verdicts, timed_out = _sandboxed_batch([jobs[i] for i in batch], iso, timeout_s, memory_mb)
-            for i, verdict in zip(batch, verdicts, strict=True):
-                if verdict is None and len(batch) > 1:
-                    verdict = _sandboxed(*jobs[i], iso, timeout_s, memory_mb)
-                verdict = verdict or ("timeout" if timed_out else "runtime_error")
-                out[i] = (verdict == "passed", verdict)
-
-        with ThreadPoolExecutor(max_workers=size) as pool:
-            list(pool.map(run, batches))
-    return [r for r in out if r is not None]

@@ -53,10 +53,14 @@ def run_score(run: Run, ray: str | None = None) -> None:
     done = None
     try:
         if todo and on_ray is not None:
-            from fusechat3.ray_exec import run_shards
+            from fusechat3.ray_exec import run_shards, spare_cpus
 
             shards = [(k // size, _payload(samples[k : k + size], prompts)) for k in todo]
-            setup = functools.partial(_open_judges, recipe)
+            # The code sandbox as Ray CPU tasks when the cluster has a CPU beside the actors (else they would wait
+            # for one forever), else in each actor.
+            tasks = spare_cpus(on_ray) >= 1
+            log(f"score: code sandbox {'as Ray CPU tasks' if tasks else 'in each actor (no spare CPU on the cluster)'}")
+            setup = functools.partial(_open_judges, recipe, tasks)
             done = run_shards(on_ray, setup, shards, lambda payload: len(payload["samples"]), bar.update)
         elif todo:
             done = _score_here(recipe, [(k // size, samples[k : k + size]) for k in todo], prompts, bar.update)
@@ -81,10 +85,14 @@ def _payload(chunk: list[dict], prompts: dict[str, dict]) -> dict:
     return {"samples": chunk, "prompts": {s["prompt_id"]: prompts[s["prompt_id"]] for s in chunk}}
 
 
-def _open_judges(recipe) -> Callable[[dict], list[dict]]:
-    """A Ray actor's setup (`fusechat3.ray_exec`): load the reward model once; the function that scores a shard."""
+def _open_judges(recipe, sandbox_tasks: bool) -> Callable[[dict], list[dict]]:
+    """A Ray actor's setup (`fusechat3.ray_exec`): load the reward model once; the function that scores a shard
+    (`sandbox_tasks`: its programs run as Ray CPU tasks)."""
+    from fusechat3.ray_exec import cpu_tasks
+
     rm = recipe.scoring.reward_model.load()
-    return lambda payload: _score_chunk(recipe, rm, payload["samples"], payload["prompts"])
+    fan_out = cpu_tasks if sandbox_tasks else None
+    return lambda payload: _score_chunk(recipe, rm, payload["samples"], payload["prompts"], fan_out)
 
 
 def _score_here(
@@ -102,7 +110,9 @@ def _score_here(
         rm.close()
 
 
-def _score_chunk(recipe, rm, chunk: list[dict], prompts: dict[str, dict]) -> list[dict]:
+def _score_chunk(
+    recipe, rm, chunk: list[dict], prompts: dict[str, dict], fan_out: Callable | None = None
+) -> list[dict]:
     chunk_prompts = [prompts[s["prompt_id"]] for s in chunk]
     # Identical responses to one prompt (common when N samples come from one model) are judged once: every
     # judge is a function of (prompt, response), so the copies get the first one's reward and verdict. The
@@ -126,6 +136,7 @@ def _score_chunk(recipe, rm, chunk: list[dict], prompts: dict[str, dict]) -> lis
                 [chunk[i]["text"] for i in unique],
                 **recipe.scoring.checks,
                 batch_size=recipe.sandbox_batch_size,
+                fan_out=fan_out,
             ),
             strict=True,
         )

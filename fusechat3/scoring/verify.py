@@ -10,6 +10,8 @@ evaluation ask "is this response right?".
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fusechat3.schema import prompt_meta
 
 
@@ -22,11 +24,13 @@ def verify_many(
     workers: int = 0,
     batch_size: int = 16,
     no_answer_is_wrong: bool = True,
+    fan_out: Callable[[Callable, list[tuple]], list] | None = None,
 ) -> list[tuple[bool | None, str]]:
     """(correct, verdict) for each (prompt row, response text) pair, in order.
 
     `no_answer_is_wrong`: a math response with no final answer is `(False, "no_answer")`, else `(None, "no_answer")`
-    (recipe `scoring.math.no_answer_is_wrong`).
+    (recipe `scoring.math.no_answer_is_wrong`). `fan_out`: where the code sandbox's batches run
+    (`scoring.sandbox_pool.run_tests_many`; None: a pool of threads here).
     """
     from fusechat3.scoring.code import extract_code, run_tests_many
     from fusechat3.scoring.math import verify_math_many
@@ -64,6 +68,7 @@ def verify_many(
             memory_mb=memory_mb,
             workers=workers,
             batch_size=batch_size,
+            fan_out=fan_out,
         )
         verdicts = dict(zip(distinct, results, strict=True))
         for i, key in zip(code_idx, keys, strict=True):
