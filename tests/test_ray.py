@@ -1,6 +1,7 @@
-"""The sample and score stages on Ray (`fusechat3.ray_exec`), on a local Ray instance with 2 CPUs: the same rows as
-the local path (real vLLM engines in two actors; the reward model, math check and code sandbox in two actors), and
-a driver killed with SIGKILL part-way resumes at its shards."""
+"""The sample, score and represent stages on Ray (`fusechat3.ray_exec`), on a local Ray instance with 2 CPUs: the
+same rows as the local path (real vLLM engines in two actors; the reward model and math check in an actor, the code
+sandbox as Ray CPU tasks; a model's top-k log-probabilities in two actors), and a driver killed with SIGKILL
+part-way resumes at its shards."""
 
 from __future__ import annotations
 
@@ -116,10 +117,12 @@ def test_a_killed_ray_driver_resumes_at_its_shards(tmp_path: Path, cluster: str)
     assert resumed == _sample(_recipe(tmp_path, "uninterrupted", "hf", 12, shard_size=2))
 
 
-@pytest.mark.slow  # ~35 s: a reward model in two actors and here
-def test_the_score_stage_on_ray_gives_the_local_rows(tmp_path: Path, cluster: str) -> None:
-    """Reward model, math check and code sandbox in two Ray actors (one thread each): the same Score rows as in this
-    process (two threads), the rewards equal up to float32 rounding (another thread count sums in another order)."""
+@pytest.mark.slow  # ~35 s: a reward model in an actor and here
+def test_the_score_stage_on_ray_gives_the_local_rows(tmp_path: Path, cluster: str, caplog) -> None:
+    """Reward model and math check in a Ray actor (one thread), the code sandbox as Ray CPU tasks (the cluster's
+    second CPU): the same Score rows as in this process (two threads), the rewards equal up to float32 rounding
+    (another thread count sums in another order)."""
+    import logging
     import shutil
 
     from fusechat3.scoring.stage import run_score
@@ -143,7 +146,9 @@ def test_the_score_stage_on_ray_gives_the_local_rows(tmp_path: Path, cluster: st
     local = run.read("score")
     assert len(local) == 30 and {r["verdict"] for r in local} - {"unchecked"}  # math and code were checked
     shutil.rmtree(tmp_path / "run" / "score")
-    run_score(Run(recipe), ray=cluster)
+    with caplog.at_level(logging.INFO, logger="fusechat3.events"):
+        run_score(Run(recipe), ray=cluster)
+    assert "score: code sandbox as Ray CPU tasks" in caplog.messages
     on_ray = Run(recipe).read("score")
     assert [{**r, "reward": None} for r in on_ray] == [{**r, "reward": None} for r in local]
     assert [r["reward"] for r in on_ray] == pytest.approx([r["reward"] for r in local], rel=1e-5)
@@ -151,12 +156,70 @@ def test_the_score_stage_on_ray_gives_the_local_rows(tmp_path: Path, cluster: st
     assert manifest["finished"] and len(manifest["shards"]) == 4
 
 
+@pytest.mark.slow  # a few seconds on the module's Ray
+def test_sandbox_batches_as_ray_cpu_tasks_give_the_local_verdicts(cluster: str) -> None:
+    """`run_tests_many` with `fan_out=cpu_tasks`: each batch runs in a Ray worker process (not this one), and every
+    verdict (pass, failed test, timeout, static checks) is the one the local pool gives."""
+    from fusechat3.ray_exec import cpu_tasks
+    from fusechat3.scoring.code import run_tests_many
+
+    assert os.getpid() not in cpu_tasks(lambda: os.getpid(), [(), ()])
+    jobs = [
+        ("def f(x):\n    return x + 1", ["assert f(1) == 2"]),
+        ("def f(x):\n    return x", ["assert f(1) == 2"]),
+        ("def f(x):\n    while True: pass", ["assert f(1) == 2"]),
+        ("def f(x) return", ["assert f(1) == 2"]),
+        ("def g(x):\n    return x * 2", ["assert g(2) == 4", "assert g(0) == 0"]),
+    ] * 3
+    local = run_tests_many(jobs, timeout_s=2, batch_size=4)
+    assert [v for _, v in local[:5]] == ["passed", "test_failed", "timeout", "syntax_error", "passed"]
+    assert run_tests_many(jobs, timeout_s=2, batch_size=4, fan_out=cpu_tasks) == local
+
+
+@pytest.mark.slow  # ~30 s: a toy model loaded in two actors and here
+def test_represent_on_ray_gives_the_local_representations(tmp_path: Path, cluster: str) -> None:
+    """The explicit path's represent stage, the transformers backend in two Ray actors (`explicit.represent.ray`):
+    the same shards, token ids, spans, masks and top-k ids as in this process; the log-probabilities and
+    cross-entropies equal up to float32 rounding (one thread there, two here)."""
+    import numpy as np
+
+    from fusechat3.explicit.represent import from_row
+
+    def represented(name: str, *overrides: str) -> list[dict]:
+        recipe = load_recipe(
+            ROOT / "recipes" / "toyworld" / "explicit.yaml",
+            [
+                f"run_dir={tmp_path / name}",
+                "prompts.0.args.per_domain={math: 3, code: 3, instruction: 3, zh: 1}",
+                "sources=[{name: qc, model: 'toyworld:qwen2-code'}]",
+                "explicit.represent={backend: hf, batch_size: 4, shard_size: 3, max_length: 512}",
+                *overrides,
+            ],
+        )
+        run = Run(recipe)
+        for name_ in ("prompts", "corpus", "represent"):
+            stage_fn(name_).run(run)
+        return run.read("represent/qc")
+
+    local = represented("local")
+    on_ray = represented("on-ray", "explicit.represent.ray={replicas: 2}")
+    assert len(local) == 10 and [r["prompt_id"] for r in on_ray] == [r["prompt_id"] for r in local]
+    for a, b in zip(on_ray, local, strict=True):
+        ra, rb = from_row(a), from_row(b)
+        for name in ("ids", "spans", "mask", "turns", "top_ids"):
+            assert np.array_equal(ra[name], rb[name]), name
+        np.testing.assert_allclose(ra["top_logprobs"], rb["top_logprobs"], rtol=1e-4, atol=1e-5)
+        assert a["ce"] == pytest.approx(b["ce"], rel=1e-5)
+    manifest = json.loads((tmp_path / "on-ray" / "represent" / "qc" / "manifest.json").read_text())
+    assert manifest["finished"] and len(manifest["shards"]) == 4
+
+
 def test_running_on_ray_changes_no_stage_key(tmp_path: Path) -> None:
     """Moving a run to Ray (or off it) must not redo a finished stage: the Ray settings are in no stage key."""
     from fusechat3.stages import stages
 
-    def keys(*overrides: str) -> dict[str, str]:
-        run = Run(load_recipe(ROOT / "recipes" / "toyworld" / "imf.yaml", [f"run_dir={tmp_path}", *overrides]))
+    def keys(*overrides: str, recipe: str = "imf.yaml") -> dict[str, str]:
+        run = Run(load_recipe(ROOT / "recipes" / "toyworld" / recipe, [f"run_dir={tmp_path}", *overrides]))
         names = [
             f"{st.name}/{part}" if part else st.name
             for st in stages().values()
@@ -170,3 +233,8 @@ def test_running_on_ray_changes_no_stage_key(tmp_path: Path) -> None:
     assert (
         keys("sampler.ray={replicas: 2}", "sources.0.ray={replicas: 3, gpus_per_replica: 1}", "scoring.ray={}") == plain
     )
+    explicit = keys(recipe="explicit.yaml")
+    assert "represent/mistral-math" in explicit
+    assert keys(
+        "explicit.represent.ray={replicas: 2}", "sources.1.ray={gpus_per_replica: 2}", recipe="explicit.yaml"
+    ) == (explicit)

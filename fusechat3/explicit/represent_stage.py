@@ -8,15 +8,20 @@ the corpus, written atomically and recorded in the manifest, so a killed run los
 and a resumed one gives the same rows. `--model NAME` does one part; `--shard i/n` takes the shards k
 with k % n == i (n jobs sharing one run directory). Conversations the model's chat template cannot
 render verbatim, or longer than `represent.max_length` tokens, are skipped, and counted by reason in
-the shard records and the summary.
+the shard records and the summary. `--ray [ADDRESS]` (or `explicit.represent.ray`, with a source's own
+`ray:` over it) spreads the shards over a Ray cluster's actors, one model load each
+(`fusechat3.ray_exec`); the shards and rows are the same.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fusechat3.explicit.spec import TARGET_PART
+from fusechat3.ray_exec import RaySpec, add_ray_argument, with_address
 from fusechat3.recipe import as_dict, resolve_model
 from fusechat3.run import Run, log, print_summary
 from fusechat3.shards import shard_arg, shard_name, shard_ranges, totals
@@ -43,6 +48,13 @@ def engine_of(recipe, part: str) -> dict:
     `engine:` (its tensor_parallel_size, max_model_len...), as it is sampled."""
     own = {} if part == TARGET_PART else recipe.source(part).engine
     return {**recipe.explicit.represent.engine, **own}
+
+
+def ray_of(recipe, part: str, address: str | None) -> RaySpec | None:
+    """Where a represent part runs on Ray: the source's own `ray:` (as it is sampled: its GPUs per replica), else
+    `explicit.represent.ray`; `address` is the CLI's `--ray`. None: here."""
+    own = None if part == TARGET_PART else recipe.source(part).ray
+    return with_address(own or recipe.explicit.represent.ray, address)
 
 
 class _Backend:
@@ -100,8 +112,11 @@ def _usable(tok, rows: list[dict], max_length: int, plain: bool) -> tuple[list[d
     return ok, skipped
 
 
-def run_represent(run: Run, model: str | None = None, shard: tuple[int, int] | None = None) -> None:
-    """Represent every part (or the one named `model`), every shard (or those with index % n == i)."""
+def run_represent(
+    run: Run, model: str | None = None, shard: tuple[int, int] | None = None, ray: str | None = None
+) -> None:
+    """Represent every part (or the one named `model`), every shard (or those with index % n == i); with `ray` (an
+    address, or "local"), on a Ray cluster whatever the recipe says."""
     require_enabled(run, REPRESENT)
     parts = represent_parts(run.recipe)
     if model is not None and model not in parts:
@@ -111,13 +126,15 @@ def run_represent(run: Run, model: str | None = None, shard: tuple[int, int] | N
         raise UserError(f"represent: no model named {model!r} in this recipe{did_you_mean(model, parts)}")
     corpus = run.read("corpus")
     for part in [model] if model else parts:
-        _represent_part(run, part, corpus, shard)
+        _represent_part(run, part, corpus, shard, ray)
 
 
-def _represent_part(run: Run, part: str, corpus: list[dict], shard: tuple[int, int] | None) -> None:
-    from fusechat3.explicit.represent import to_row
+def _represent_part(
+    run: Run, part: str, corpus: list[dict], shard: tuple[int, int] | None, ray_address: str | None
+) -> None:
+    from fusechat3.logs import progress
 
-    spec, k = run.recipe.explicit.represent, run.recipe.explicit.top_k
+    spec = run.recipe.explicit.represent
     name = f"{REPRESENT.name}/{part}"
     stage = run.stage(name)
     if stage.done():
@@ -125,29 +142,33 @@ def _represent_part(run: Run, part: str, corpus: list[dict], shard: tuple[int, i
         return
     ranges = shard_ranges(len(corpus), spec.shard_size)
     todo = [
-        (i, lo, hi)
+        (i, corpus[lo:hi])
         for i, (lo, hi) in enumerate(ranges)
         if (shard is None or i % shard[1] == shard[0]) and not stage.has_shard(shard_name(i))
     ]
     if todo:
         ref, template = model_of(run.recipe, part)
-        log(f"{name}: {len(todo)} of {len(ranges)} shards to do, {spec.backend}")
-        plain = run.recipe.explicit.render == "plain"
-        backend = _Backend(spec, resolve_model(ref), template, engine_of(run.recipe, part), plain)
+        ray = ray_of(run.recipe, part, ray_address)
+        where = f"on Ray ({ray.replicas} replica(s))" if ray else "here"
+        log(f"{name}: {len(todo)} of {len(ranges)} shards to do, {spec.backend}, {where}")
+        args = (spec, resolve_model(ref), template, engine_of(run.recipe, part), run.recipe.explicit.render == "plain")
+        k = run.recipe.explicit.top_k
+        bar = progress(sum(len(rows) for _, rows in todo), name, "conversation")
+        done = None
         try:
-            for i, lo, hi in todo:
-                t0 = time.time()
-                rows, skipped = _usable(backend.tok, corpus[lo:hi], spec.max_length, plain)
-                reps = backend([r["messages"] for r in rows], k) if rows else []
-                out = [to_row(r["prompt_id"], rep) for r, rep in zip(rows, reps, strict=True)]
-                info = {
-                    "tokens": sum(o["length"] for o in out),
-                    "seconds": round(time.time() - t0, 3),
-                    "skipped": skipped,
-                }
+            if ray is not None:
+                from fusechat3.ray_exec import run_shards
+
+                done = run_shards(ray, functools.partial(_open_backend, args, k), todo, len, bar.update)
+            else:
+                done = _represent_here(args, k, todo, bar.update)
+            for i, (out, skipped), seconds in done:  # as each shard finishes
+                info = {"tokens": sum(o["length"] for o in out), "seconds": round(seconds, 3), "skipped": skipped}
                 stage.write_shard(shard_name(i), out, info)
         finally:
-            backend.close()
+            if done is not None:
+                done.close()  # the model (or the Ray actors) released now, not when collected
+            bar.close()
     if all(stage.has_shard(shard_name(i)) for i in range(len(ranges))):
         summary = _summary(stage.shard_infos(), len(corpus))
         stage.finish(summary)
@@ -157,6 +178,36 @@ def _represent_part(run: Run, part: str, corpus: list[dict], shard: tuple[int, i
         )
     else:
         log(f"{name}: this process's shards are written; others are still missing")
+
+
+def _represent_here(
+    args: tuple, k: int, shards: list[tuple[int, list[dict]]], progress: Callable[[int], None]
+) -> Iterator[tuple[int, tuple[list[dict], dict[str, str]], float]]:
+    """(shard index, (rows, skipped), seconds) for each shard, represented in this process."""
+    backend = _Backend(*args)
+    try:
+        for i, rows in shards:
+            t0 = time.time()
+            result = _represent_shard(backend, k, rows)
+            progress(len(rows))
+            yield i, result, time.time() - t0
+    finally:
+        backend.close()
+
+
+def _open_backend(args: tuple, k: int) -> Callable[[list[dict]], tuple[list[dict], dict[str, str]]]:
+    """A Ray actor's setup (`fusechat3.ray_exec`): load the model once; the function that represents one shard."""
+    backend = _Backend(*args)
+    return lambda rows: _represent_shard(backend, k, rows)
+
+
+def _represent_shard(backend: _Backend, k: int, corpus_rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
+    """One shard's rows (`represent.to_row`), and {prompt_id: why} for the conversations skipped."""
+    from fusechat3.explicit.represent import to_row
+
+    rows, skipped = _usable(backend.tok, corpus_rows, backend.spec.max_length, backend.plain)
+    reps = backend([r["messages"] for r in rows], k) if rows else []
+    return [to_row(r["prompt_id"], rep) for r, rep in zip(rows, reps, strict=True)], skipped
 
 
 def _summary(infos: dict[str, dict], n: int) -> dict[str, Any]:
@@ -182,6 +233,7 @@ def _arguments(parser) -> None:
     parser.add_argument(
         "--shard", type=shard_arg, metavar="I/N", help="do only shards k with k %% N == I (split one model over N jobs)"
     )
+    add_ray_argument(parser, "explicit.represent.ray / sources[i].ray")
 
 
 REPRESENT = StageDef(

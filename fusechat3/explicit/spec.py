@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from fusechat3.config import Section
+from fusechat3.ray_exec import RaySpec
 
 # The `represent` part of the target model itself (its own distribution: pairwise fusion's pivot).
 TARGET_PART = "target"
@@ -30,6 +31,9 @@ class RepresentSpec(Section):
     # vLLM engine options (vllm backend): max_model_len, dtype, ...; each source's own `engine:` (e.g. its
     # tensor_parallel_size) goes over these. Prefix caching is always off (cached tokens get no log-probs).
     engine: dict = {}
+    # Represent on a Ray cluster: {address, replicas, gpus_per_replica, cpus_per_replica} (fusechat3.ray_exec), a
+    # source's own `ray:` over it; null: in this process. Where the shards are made does not change them.
+    ray: RaySpec | None = Field(None, exclude=True)  # where it runs: in no stage key
 
 
 class ExplicitSpec(Section):
