@@ -142,6 +142,9 @@ def print_summary(title: str, rows: list[tuple[str, object]], seconds: float | N
     for what, count in rows:
         table.add_row(what, str(count))
     Console().print(table)
+    # And as one line in the stage's log file (`logs.stage_log`).
+    when = f" ({seconds:.0f}s)" if seconds is not None else ""
+    logging.getLogger(EVENTS).info(f"{title}{when}: " + ", ".join(f"{what} {count}" for what, count in rows))
 
 
 def log(msg: str) -> None:

@@ -181,6 +181,9 @@ def test_training_changed_the_target(finished_run):
         state = json.loads((Path(run.dir.root) / "controls" / name / "model" / "trainer_state.json").read_text())
         assert sft_steps == state["global_step"] == 3  # controls get the same SFT budget
         assert run.stage(f"controls/{name}").done()
+        # Each control's own log, written by the process that trained it: the trainer's log lines and the summary.
+        text = (Path(run.dir.root) / "controls" / name / "log.txt").read_text()
+        assert "fusechat3.training: step 3: {" in text and f"controls/{name} (" in text, text
 
 
 def test_scoreboard(finished_run):

@@ -80,10 +80,27 @@ def save_final(trainer: Any, output_dir: str, merge: bool = True) -> str:
     return str(output_dir)
 
 
+def _log_lines_to_logging(trainer: Any) -> None:
+    """Without a bar (`disable_tqdm`: a log file) transformers prints the loss lines to stdout; they go through
+    logging instead (logger `fusechat3.training`), so they reach the stage's log file (`fusechat3.logs`)."""
+    import logging
+
+    from transformers import PrinterCallback, TrainerCallback
+
+    class LogLines(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if state.is_local_process_zero and logs:
+                logging.getLogger("fusechat3.training").info(f"step {state.global_step}: {logs}")
+
+    if trainer.pop_callback(PrinterCallback) is not None:
+        trainer.add_callback(LogLines())
+
+
 def train_and_save(trainer: Any, options: TrainingOptions | None = None) -> str:
     """Train (resuming if the config says so), choose the checkpoint, save the final model; returns output_dir."""
     options = options or TrainingOptions()
     config = trainer.args
+    _log_lines_to_logging(trainer)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     if options.select is not None:
         choose_checkpoint(trainer, options.select)

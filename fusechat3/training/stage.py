@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -155,10 +156,13 @@ def run_controls(run: Run) -> None:
 
 
 def _train_control(run: Run, source: str, files: list[str], args: dict) -> None:
+    from fusechat3.logs import stage_log
+
     # The fused SFT's settings, LoRA included; no checkpoint choice (a control has no held-out set of its own).
     section = run.recipe.sft.model_copy(update={"select_checkpoint": None, "eval_files": None})
     model = resolve_model(run.recipe.target.model)
-    _train(run, CONTROLS.name, "sft", model, files, section, data="control", args=args, part=source)
+    with stage_log(run.dir.root / CONTROLS.name / source):  # each control's own log, whichever process trains it
+        _train(run, CONTROLS.name, "sft", model, files, section, data="control", args=args, part=source)
 
 
 def _train_in_processes(run: Run, jobs: list[tuple[str, list[str]]], args: dict, parallel: int) -> None:
@@ -171,15 +175,19 @@ def _train_in_processes(run: Run, jobs: list[tuple[str, list[str]]], args: dict,
     threads = max(1, (os.cpu_count() or 1) // parallel)
     quiet = {**args, "disable_tqdm": True}  # several progress bars at once would garble the terminal
     log(f"controls: {len(jobs)} trainings, {parallel} at a time, {threads} CPU thread(s) each")
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
     with ProcessPoolExecutor(parallel, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_child, run, name, files, quiet, threads) for name, files in jobs]
+        futures = [pool.submit(_train_child, run, name, files, quiet, threads, verbose) for name, files in jobs]
         for future in futures:
             future.result()  # a failed control raises here, after the others have finished or failed
 
 
-def _train_child(run: Run, source: str, files: list[str], args: dict, threads: int) -> None:
+def _train_child(run: Run, source: str, files: list[str], args: dict, threads: int, verbose: bool) -> None:
     import torch
 
+    from fusechat3.logs import setup
+
+    setup(verbose)  # a spawned process starts with no logging: the parent's, and its notice filter
     torch.set_num_threads(threads)
     _train_control(run, source, files, args)
 
