@@ -1,6 +1,10 @@
 """The implicit-fusion pipeline end to end on the toy world, tiny sizes: real vLLM
 sampling, real reward-model scores, real math-verify and sandbox checks, the building
 rules, real TRL SFT and DPO, controls and evaluation; a finished run is a no-op.
+
+The sources are sampled and evaluated with vLLM; the target's own samples and the evaluation of the trained
+models use the transformers backend (`sampler.backend: hf`), which saves six engine starts (about 25 s of
+`make test`) and runs the eval stage on both backends.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ RECIPE = ROOT / "recipes" / "toyworld" / "imf.yaml"
 
 TINY = [
     "prompts.0.args.per_domain={math: 8, code: 8, instruction: 8, zh: 4}",
+    "sampler.backend=hf",
+    "sources.0.backend=vllm",
+    "sources.1.backend=vllm",
+    "sources.2.backend=vllm",
     "sources.0.sampling.n=2",
     "sources.1.sampling.n=2",
     "sources.2.sampling.n=2",

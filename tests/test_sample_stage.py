@@ -124,9 +124,11 @@ def _shards_recorded(run_dir: Path) -> int:
 
 
 def _check_resume_after_kills(tmp_path: Path, backend: str, kill_after_shards: list[int], random_kills: int) -> None:
+    from fusechat3.stages import get as stage_fn
+
     recipe = _recipe_file(tmp_path, backend, 28, long_at=(5,), shard_size=3)  # 29 prompts, 10 shards
     run = Run(load_recipe(recipe))
-    assert _cli("prompts", str(recipe)).returncode == 0
+    stage_fn("prompts").run(run)
     run_dir = run.dir.root
     rng = random.Random(0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -149,15 +151,13 @@ def _check_resume_after_kills(tmp_path: Path, backend: str, kill_after_shards: l
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 5, f"only {kills} runs were still going when killed: the run finished too early"
+    assert kills >= len(plan) - 1, f"only {kills} runs were still going when killed: the run finished too early"
     done = _cli("sample", str(recipe))
     assert done.returncode == 0, done.stderr[-2000:]
     resumed = _rows(run)
 
     # The same recipe, never interrupted, in another run directory.
     reference = Run(load_recipe(recipe, [f"run_dir={tmp_path / 'reference'}"]))
-    from fusechat3.stages import get as stage_fn
-
     stage_fn("prompts").run(reference)
     stage_fn("sample").run(reference)
     expected = _rows(reference)
@@ -169,7 +169,9 @@ def _check_resume_after_kills(tmp_path: Path, backend: str, kill_after_shards: l
 
 
 def test_sigkill_at_any_point_resumes_to_the_same_rows_hf(tmp_path: Path) -> None:
-    _check_resume_after_kills(tmp_path, "hf", kill_after_shards=[0, 1, 1, 2, 3], random_kills=2)
+    # Five killed processes (each starts Python, torch and the model: ~8 s of `make test` apiece); the vLLM test
+    # (`slow`) kills six.
+    _check_resume_after_kills(tmp_path, "hf", kill_after_shards=[0, 1, 2], random_kills=2)
 
 
 @pytest.mark.slow
