@@ -45,8 +45,12 @@ demo-explicit: $(STAMP)
 demo-fusechat: $(STAMP)
 	$(BIN)/fusechat3 run recipes/toyworld/fusechat.yaml --set seed=$(SEED)
 
+# The fast suite in TEST_JOBS processes (pytest-xdist), a test file per process at a time (module fixtures such as
+# the pipeline's run are made once): many tests wait on subprocesses (vLLM engines, the sandbox, CLI runs), so two
+# processes on two cores take about 6 minutes instead of 9.
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
