@@ -1,4 +1,5 @@
-"""The sandbox that runs model-written Python programs against assert tests: `run_tests` and `run_tests_many`.
+"""The sandbox that runs model-written Python programs against assert tests: `run_tests` (many programs: `run_tests_many`
+in `fusechat3.scoring.sandbox_pool`).
 
 A program is first checked statically (`fusechat3.scoring.code_extract.static_verdict`); only one that passes
 runs. Model-written programs are untrusted. Each one runs in its own subprocess:
