@@ -6,7 +6,7 @@ against assert tests in a sandbox. This module is the public face; the work is s
 - `fusechat3.scoring.sandbox`: the isolated subprocess that runs it (`run_tests`, `describe_isolation`), with
   what it protects against and what it does not;
 - `fusechat3.scoring.sandbox_pool`: many programs, in batches, in a pool here or as Ray CPU tasks
-  (`run_tests_many`, `run_batch`, `pool_size`);
+  (`run_tests_many`, `pool_size`; one batch: `sandbox.run_batch`);
 - `fusechat3.scoring.sandbox_child`: the harness that runs inside that subprocess (standard library only).
 
 Import from here: the split behind it may move.
@@ -22,9 +22,10 @@ from fusechat3.scoring.sandbox import (
     VERDICTS,
     describe_isolation,
     network_isolated,
+    run_batch,
     run_tests,
 )
-from fusechat3.scoring.sandbox_pool import pool_size, run_batch, run_tests_many
+from fusechat3.scoring.sandbox_pool import pool_size, run_tests_many
 
 __all__ = [
     "FILE_SIZE_LIMIT",

@@ -1,5 +1,5 @@
-"""The sandbox that runs model-written Python programs against assert tests: `run_tests` (many programs: `run_tests_many`
-in `fusechat3.scoring.sandbox_pool`).
+"""The sandbox that runs model-written Python programs against assert tests: `run_tests`, `run_batch` (many programs:
+`run_tests_many` in `fusechat3.scoring.sandbox_pool`).
 
 A program is first checked statically (`fusechat3.scoring.code_extract.static_verdict`); only one that passes
 runs. Model-written programs are untrusted. Each one runs in its own subprocess:
@@ -378,3 +378,19 @@ def _tail(f: IO[bytes], size: int = 500) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Many
+
+
+def run_batch(jobs: list[tuple[str, list[str]]], timeout_s: float, memory_mb: int) -> list[tuple[bool, str]]:
+    """(passed, verdict) of each (code, tests) job, run one after the other in one sandbox; a job the batch gives
+    no verdict (its supervisor died: a program killed it where there is no PID namespace) is run again alone.
+    A top-level function of plain data: what `sandbox_pool.run_tests_many` hands to a thread here or to a Ray CPU
+    task."""
+    iso = _isolation()
+    verdicts, timed_out = _sandboxed_batch(jobs, iso, timeout_s, memory_mb)
+    out = []
+    for job, verdict in zip(jobs, verdicts, strict=True):
+        if verdict is None and len(jobs) > 1:
+            verdict = _sandboxed(*job, iso, timeout_s, memory_mb)
+        verdict = verdict or ("timeout" if timed_out else "runtime_error")
+        out.append((verdict == "passed", verdict))
+    return out

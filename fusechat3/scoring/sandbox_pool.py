@@ -1,5 +1,5 @@
 """Many programs through the sandbox (`fusechat3.scoring.sandbox`): `run_tests_many` groups them in batches, one
-sandbox per batch (`run_batch`), and runs the batches in a bounded pool of threads here or, on a Ray cluster, as
+sandbox per batch (`sandbox.run_batch`), and runs the batches in a bounded pool of threads here or, on a Ray cluster, as
 CPU tasks spread over its nodes (`fusechat3.ray_exec.cpu_tasks`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from fusechat3.scoring.code_extract import static_verdict
-from fusechat3.scoring.sandbox import BATCH_SIZE, _isolation, _sandboxed, _sandboxed_batch
+from fusechat3.scoring.sandbox import BATCH_SIZE, _isolation, run_batch
 
 
 def _cpu_count() -> int:
@@ -30,21 +30,6 @@ def pool_size(workers: int, jobs: int, memory_mb: int) -> int:
     except (ValueError, OSError):
         pass
     return max(1, min(size, jobs))
-
-
-def run_batch(jobs: list[tuple[str, list[str]]], timeout_s: float, memory_mb: int) -> list[tuple[bool, str]]:
-    """(passed, verdict) of each (code, tests) job, run one after the other in one sandbox; a job the batch gives
-    no verdict (its supervisor died: a program killed it where there is no PID namespace) is run again alone.
-    A top-level function of plain data: what `run_tests_many` hands to a thread here or to a Ray CPU task."""
-    iso = _isolation()
-    verdicts, timed_out = _sandboxed_batch(jobs, iso, timeout_s, memory_mb)
-    out = []
-    for job, verdict in zip(jobs, verdicts, strict=True):
-        if verdict is None and len(jobs) > 1:
-            verdict = _sandboxed(*job, iso, timeout_s, memory_mb)
-        verdict = verdict or ("timeout" if timed_out else "runtime_error")
-        out.append((verdict == "passed", verdict))
-    return out
 
 
 def run_tests_many(
